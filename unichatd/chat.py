@@ -1,0 +1,305 @@
+"""The chat service: what connections share — rooms, stored messages, fan-out, typing.
+
+Sessions (one per connection) parse and dispatch their frames; whatever touches more
+than one connection happens here.  The ordering rule that keeps unread counts and
+broadcasts exact: the store resolves write futures in commit order, and every change
+to the in-memory directory is applied in a done-callback of those futures, so memory
+moves through the same sequence of states as the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from . import protocol
+from .config import Config
+from .errors import ClientError, RateLimited
+from .hub import Hub
+from .limits import TokenBucket
+from .rooms import RoomDirectory
+from .store import MembershipChange, NewMessage, Store, Stored
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = structlog.get_logger("unichatd.chat")
+
+TYPING_TIMEOUT = 6.0
+ROOM_UPDATE_WINDOW = 0.09
+"""room_updated frames are coalesced over this window; the spec allows 100 ms."""
+MEMBERSHIP_POLL_INTERVAL = 0.5
+REMOVED_FROM_ROOM = "removed_from_room"
+
+
+class Stats:
+    """Counters read by /healthz and /metrics."""
+
+    def __init__(self) -> None:
+        self.messages_stored = 0
+        self.errors: Counter[str] = Counter()
+        self.slow_consumer_closes = 0
+        self.flood_closes = 0
+        self.room_updates = 0
+        self.connections_refused: Counter[str] = Counter()
+
+
+class Chat:
+    def __init__(
+        self, config: Config, store: Store, signing_key: str, hub: Hub[Session] | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.signing_key = signing_key
+        self.hub: Hub[Session] = hub if hub is not None else Hub()
+        self.directory = RoomDirectory()
+        self.stats = Stats()
+        self._send_buckets: dict[int, TokenBucket] = {}
+        self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
+        self._dirty: set[Session] = set()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._membership_log_id = 0
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        snapshot = await self.store.load_rooms()
+        self.directory.apply(snapshot)
+        self._membership_log_id = snapshot.membership_log_id
+        self._poller = asyncio.create_task(self._poll_membership(), name="unichatd-membership")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for handle in self._typing.values():
+            handle.cancel()
+        self._typing.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_room_updates()
+
+    # -- connections -----------------------------------------------------------
+
+    async def connect(self, session: Session) -> None:
+        identity = session.identity
+        await self.store.upsert_user(identity.user_id, identity.username, identity.first_name)
+        self.directory.set_user(identity.user_id, identity.username, identity.first_name)
+        self.hub.connect(session)
+
+    def disconnect(self, session: Session) -> None:
+        self.hub.disconnect(session)
+        self._dirty.discard(session)
+        user_id = session.user_id
+        if not self.hub.is_online(user_id):
+            for room_id, typer in tuple(self._typing):
+                if typer == user_id:
+                    self._stop_typing(room_id, user_id, session.identity.username)
+
+    def check_access(self, room_id: int, user_id: int) -> None:
+        # One answer for foreign and nonexistent rooms: the reply must not tell them apart.
+        if not self.directory.is_participant(room_id, user_id):
+            raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
+
+    # -- messages --------------------------------------------------------------
+
+    async def send_message(self, session: Session, request: protocol.SendMessage) -> None:
+        """Check, then submit; the ack and the broadcast follow the commit (see _on_stored)."""
+        user_id = session.user_id
+        self.check_access(request.room_id, user_id)
+        bucket = self._send_buckets.get(user_id)
+        if bucket is None:
+            limits = self.config.limits
+            bucket = self._send_buckets[user_id] = TokenBucket(
+                limits.messages_per_second, limits.message_burst
+            )
+        wait_ms = bucket.take()
+        if wait_ms:
+            raise RateLimited(wait_ms, room_id=request.room_id)
+        if request.reply_to is not None:
+            if await self.store.message_room(request.reply_to) != request.room_id:
+                raise ClientError(
+                    "not_found", "reply_to is not a message of this room", room_id=request.room_id
+                )
+            # The membership may have changed while the store was asked.
+            self.check_access(request.room_id, user_id)
+        identity = session.identity
+        future = self.store.append_message(
+            NewMessage(
+                request.room_id,
+                user_id,
+                identity.username,
+                identity.first_name,
+                request.content,
+                request.reply_to,
+                request.client_msg_id,
+            )
+        )
+        future.add_done_callback(partial(self._on_stored, session, request))
+
+    def _on_stored(
+        self, session: Session, request: protocol.SendMessage, future: asyncio.Future[Stored]
+    ) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("message.store_failed", conn_id=session.conn_id, room_id=request.room_id,
+                      error=str(exc))
+            session.send_error(
+                ClientError("internal_error", "the message could not be stored",
+                            room_id=request.room_id, request_id=request.request_id)
+            )
+            return
+        stored = future.result()
+        message = stored.message
+        session.send(protocol.message_ack_frame(message, request.request_id))
+        if not stored.created:
+            return
+        self.stats.messages_stored += 1
+        log.debug("message.stored", conn_id=session.conn_id, user_id=message.sender_id,
+                  room_id=message.room_id, message_id=message.id)
+        self.directory.record_message(message)
+        if (message.room_id, message.sender_id) in self._typing:
+            self._stop_typing(message.room_id, message.sender_id, message.sender_username)
+        self.hub.publish(
+            message.room_id, protocol.new_message_frame(message), message_id=message.id
+        )
+        self.room_changed(message.room_id)
+
+    # -- read markers ----------------------------------------------------------
+
+    async def mark_read(self, session: Session, request: protocol.MarkRead) -> None:
+        user_id, room_id = session.user_id, request.room_id
+        self.check_access(room_id, user_id)
+        try:
+            result = await self.store.mark_read(room_id, user_id, request.message_ids)
+        except LookupError:
+            raise ClientError("access_denied", "you are not a participant of this room",
+                              room_id=room_id) from None
+        changed_unread = self.directory.unread(room_id, user_id) != result.unread_count
+        self.directory.record_read(room_id, user_id, result.last_read_id, result.unread_count)
+        session.send(protocol.read_marked_frame(
+            room_id, result.last_read_id, result.unread_count, request.request_id
+        ))
+        if result.moved:
+            self.hub.publish(room_id, protocol.message_read_frame(
+                room_id, user_id, request.message_ids, result.last_read_id
+            ))
+        if changed_unread:
+            self._room_changed_for(user_id, room_id)
+
+    # -- typing ----------------------------------------------------------------
+
+    def typing(self, session: Session, request: protocol.Typing) -> None:
+        user_id, room_id = session.user_id, request.room_id
+        self.check_access(room_id, user_id)
+        username = session.identity.username
+        key = (room_id, user_id)
+        if not request.is_typing:
+            if key in self._typing:
+                self._stop_typing(room_id, user_id, username)
+            return
+        previous = self._typing.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._typing[key] = loop.call_later(
+            TYPING_TIMEOUT, self._stop_typing, room_id, user_id, username
+        )
+        self.hub.publish(room_id, protocol.typing_frame(room_id, user_id, username, True),
+                         exclude_user=user_id)
+
+    def _stop_typing(self, room_id: int, user_id: int, username: str) -> None:
+        handle = self._typing.pop((room_id, user_id), None)
+        if handle is not None:
+            handle.cancel()
+        self.hub.publish(room_id, protocol.typing_frame(room_id, user_id, username, False),
+                         exclude_user=user_id)
+
+    # -- room lists --------------------------------------------------------------
+
+    def room_changed(self, room_id: int) -> None:
+        """Every participant's room list shows this room differently now."""
+        for user_id in self.directory.participants(room_id):
+            self._room_changed_for(user_id, room_id)
+
+    def _room_changed_for(self, user_id: int, room_id: int) -> None:
+        connections = self.hub.connections_of(user_id)
+        if not connections:
+            return
+        for session in connections:
+            session.pending_room_updates.add(room_id)
+            self._dirty.add(session)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                ROOM_UPDATE_WINDOW, self._flush_room_updates
+            )
+
+    def _flush_room_updates(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, set()
+        directory = self.directory
+        sent = 0
+        for session in dirty:
+            rooms = session.pending_room_updates
+            session.pending_room_updates = set()
+            for room_id in rooms:
+                if directory.is_participant(room_id, session.user_id):
+                    session.send(protocol.room_updated_frame(
+                        room_id, directory.room_state(room_id, session.user_id)
+                    ))
+                    sent += 1
+        self.stats.room_updates += sent
+
+    # -- live membership changes from the CLI ----------------------------------
+
+    async def _poll_membership(self) -> None:
+        while True:
+            await asyncio.sleep(MEMBERSHIP_POLL_INTERVAL)
+            try:
+                changes = await self.store.membership_changes(self._membership_log_id)
+                if changes:
+                    await self._apply_membership(changes)
+            except Exception:
+                log.exception("membership.poll_failed")
+
+    async def _apply_membership(self, changes: list[MembershipChange]) -> None:
+        snapshot = await self.store.load_rooms({change.room_id for change in changes})
+        self.directory.apply(snapshot)
+        self._membership_log_id = changes[-1].log_id
+        for change in changes:
+            if change.user_id is None:
+                log.info("room.created", room_id=change.room_id)
+                continue
+            user_id, room_id = change.user_id, change.room_id
+            log.info("room.membership", room_id=room_id, user_id=user_id, change=change.change)
+            if self.directory.is_participant(room_id, user_id):
+                self._room_changed_for(user_id, room_id)
+                continue
+            for session in self.hub.connections_of(user_id):
+                if self.hub.unsubscribe(room_id, session):
+                    session.send(protocol.unsubscribed_frame(room_id, None, REMOVED_FROM_ROOM))
+            if (room_id, user_id) in self._typing:
+                self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
+
+    # -- reads -------------------------------------------------------------------
+
+    def room_list(self, user_id: int) -> list[dict[str, Any]]:
+        return self.directory.room_list(user_id)
+
+    def health(self, uptime_s: float) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "connections": self.hub.connection_count,
+            "rooms_active": self.hub.active_rooms,
+            "uptime_s": int(uptime_s),
+        }
+

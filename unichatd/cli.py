@@ -1,0 +1,254 @@
+"""The ``unichatd`` command line (operations.md): serve, init, token, room, stop, status.
+
+Stdout carries only what each command promises, so scripts can use it; messages for
+people go to stderr.  Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from .auth import mint_token
+from .config import (
+    Config,
+    load_config,
+    load_signing_key,
+    render_config,
+    with_overrides,
+    write_private_file,
+)
+from .errors import ConfigError
+from .store import AdminStore, StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Failure(Exception):
+    """A runtime failure reported on stderr with exit code 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before and after the subcommand; SUPPRESS keeps a later
+    # parser's absent option from erasing an earlier one's value.
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                               help="config file (default: $UNICHATD_CONFIG, ./unichatd.toml, "
+                                    "/etc/unichatd/unichatd.toml, embedded defaults)")
+    parser = argparse.ArgumentParser(prog="unichatd", parents=[config_option],
+                                     description="A small real-time chat daemon.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[config_option], help="run the server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=_port)
+    serve.add_argument("--db", metavar="PATH", help="SQLite database file")
+
+    commands.add_parser("init", parents=[config_option],
+                        help="write a commented config with a fresh signing key")
+    commands.add_parser("check-config", parents=[config_option],
+                        help="validate the config and the signing key")
+
+    token = commands.add_parser("token", parents=[config_option], help="mint a session token")
+    token.add_argument("user_id", type=_positive_int, metavar="USER_ID")
+    token.add_argument("--name", required=True, metavar="USERNAME")
+    token.add_argument("--first-name", default="", metavar="F")
+    token.add_argument("--ttl", type=_positive_int, metavar="SECONDS")
+
+    room = commands.add_parser("room", parents=[config_option], help="manage rooms")
+    room_commands = room.add_subparsers(dest="room_command", required=True, metavar="ACTION")
+    create = room_commands.add_parser("create", parents=[config_option], help="create a room")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--type", default="group", dest="room_type", metavar="TYPE")
+    create.add_argument("--member", type=_positive_int, action="append", default=[],
+                        metavar="USER_ID")
+    for action, text in (("add", "add participants"), ("remove", "remove participants")):
+        change = room_commands.add_parser(action, parents=[config_option], help=text)
+        change.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
+        change.add_argument("user_ids", type=_positive_int, nargs="+", metavar="USER_ID")
+    room_commands.add_parser("list", parents=[config_option], help="list rooms")
+
+    commands.add_parser("stop", parents=[config_option], help="stop the running server")
+    commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config_path: str | None = getattr(args, "config", None)
+    try:
+        if args.command == "init":
+            return _init(config_path)
+        config = load_config(config_path)
+        handler = _COMMANDS[args.command]
+        return handler(config, args)
+    except ConfigError as exc:
+        print(f"unichatd: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (_Failure, StoreError) as exc:
+        print(f"unichatd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:
+        print(f"unichatd: database error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _init(config_path: str | None) -> int:
+    import secrets
+
+    path = Path(config_path or "unichatd.toml")
+    try:
+        write_private_file(path, render_config(secrets.token_hex(32)))
+    except FileExistsError:
+        raise ConfigError(str(path), None, "already exists; refusing to overwrite") from None
+    except OSError as exc:
+        raise _Failure(f"cannot write {path}: {exc.strerror}") from None
+    print(path)
+    return EXIT_OK
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from .log import configure_logging
+    from .server import run
+
+    config = with_overrides(config, host=args.host, port=args.port, database=args.db)
+    configure_logging(config.log)
+    key = load_signing_key(config, create=True)
+    import structlog
+
+    log = structlog.get_logger("unichatd.cli")
+    if config.source == "<embedded defaults>":
+        log.warning("config.embedded_defaults", key_file=str(config.key_path),
+                    database=str(config.database_path))
+    try:
+        run(config, key)
+    except OSError as exc:
+        raise _Failure(f"cannot serve on {config.server.host}:{config.server.port}: "
+                       f"{exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    load_signing_key(config, create=False)
+    print(f"{config.source}: ok", file=sys.stderr)
+    return EXIT_OK
+
+
+def _token(config: Config, args: argparse.Namespace) -> int:
+    key = load_signing_key(config, create=True)
+    ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
+    print(mint_token(key, args.user_id, args.name, first_name=args.first_name, ttl=ttl))
+    return EXIT_OK
+
+
+def _room(config: Config, args: argparse.Namespace) -> int:
+    store = AdminStore(config.database_path)
+    try:
+        if args.room_command == "create":
+            if not args.name.strip():
+                raise ConfigError("command line", "NAME", "room name must not be empty")
+            print(store.create_room(args.name, args.room_type, args.member))
+        elif args.room_command in ("add", "remove"):
+            change = store.add_members if args.room_command == "add" else store.remove_members
+            try:
+                change(args.room_id, args.user_ids)
+            except LookupError as exc:
+                raise _Failure(str(exc.args[0])) from None
+        else:
+            _print_rooms(store)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _print_rooms(store: AdminStore) -> None:
+    rows = [("ID", "NAME", "TYPE", "MESSAGES", "PARTICIPANTS")]
+    for room in store.list_rooms():
+        members = ", ".join(f"{name}({uid})" for uid, name in room.participants)
+        rows.append((str(room.id), room.name, room.room_type, str(room.message_count), members))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[4])
+
+
+def _stop(config: Config, args: argparse.Namespace) -> int:
+    pid_file = config.server.pid_file
+    if not pid_file:
+        raise ConfigError(config.source, "server.pid_file", "must be set for `unichatd stop`")
+    path = config.resolve(pid_file)
+    try:
+        pid = int(path.read_text().strip())
+    except FileNotFoundError:
+        raise _Failure(f"{path} does not exist: is the server running?") from None
+    except ValueError:
+        raise _Failure(f"{path} does not hold a process id") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        raise _Failure(f"no process {pid} (stale {path} removed)") from None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return EXIT_OK
+        time.sleep(0.05)
+    raise _Failure(f"process {pid} did not exit within 30 s")
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{config.server.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise _Failure(f"no server answers at {url}: {exc}") from None
+    print(body)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "check-config": _check_config,
+    "token": _token,
+    "room": _room,
+    "stop": _stop,
+    "status": _status,
+}

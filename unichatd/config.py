@@ -1,0 +1,315 @@
+"""Configuration: the TOML file, its lookup order, the embedded defaults, validation.
+
+Everything here is plain data: :func:`load_config` turns a file (or nothing) into a
+frozen :class:`Config`, or raises :class:`~unichatd.errors.ConfigError` naming the
+file and the key at fault.  No socket or database is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+SEARCH_PATHS = (Path("unichatd.toml"), Path("/etc/unichatd/unichatd.toml"))
+DEFAULT_KEY_FILE = "unichatd.key"
+MIN_KEY_BYTES = 32
+EMBEDDED = "<embedded defaults>"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    path: str = "/ws/chat/"
+    allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = 65536
+    ping_interval: float = 20
+    ping_timeout: float = 20
+    pid_file: str = ""
+    max_connections: int = 19000
+    """Handshakes beyond this many open connections get HTTP 503."""
+    max_connections_per_user: int = 32
+    """Handshakes beyond this many connections of one user get HTTP 429."""
+    send_buffer_bytes: int = 1 << 20
+    """Unsent bytes a connection may hold before it is closed as a slow consumer."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    signing_key: str = ""
+    signing_key_file: str = ""
+    token_ttl: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    database: str = "unichatd.db"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    messages_per_second: float = 10
+    message_burst: int = 20
+    max_content_chars: int = 4000
+    frames_per_second: float = 200
+    """Frames of every type a connection may send per second, sustained."""
+    frame_burst: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = EMBEDDED
+    """The file this config came from, or ``<embedded defaults>``."""
+    base_dir: Path = field(default_factory=Path.cwd)
+    """Directory that relative paths in the file are resolved against."""
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.storage.database)
+
+    @property
+    def key_path(self) -> Path:
+        return self.resolve(self.auth.signing_key_file or DEFAULT_KEY_FILE)
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "auth": AuthConfig,
+    "storage": StorageConfig,
+    "limits": LimitsConfig,
+    "log": LogConfig,
+}
+
+# Range rules: key -> (minimum, maximum); None means unbounded.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "server.port": (0, 65535),
+    "server.max_message_bytes": (64, 64 * 1024 * 1024),
+    "server.ping_interval": (0, 3600),
+    "server.ping_timeout": (0, 3600),
+    "server.max_connections": (1, None),
+    "server.max_connections_per_user": (1, None),
+    "server.send_buffer_bytes": (4096, None),
+    "auth.token_ttl": (1, None),
+    "limits.messages_per_second": (0.001, None),
+    "limits.message_burst": (1, None),
+    "limits.max_content_chars": (1, 1_000_000),
+    "limits.frames_per_second": (0.001, None),
+    "limits.frame_burst": (1, None),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("json", "console"),
+}
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """The config file to read: ``--config``, ``$UNICHATD_CONFIG``, then the search path."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("UNICHATD_CONFIG")
+    if from_env:
+        return Path(from_env)
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Read and validate the config named by the lookup order, or the embedded defaults."""
+    path = find_config_path(explicit)
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(source, None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
+    return parse_config(raw, source=source, base_dir=path.resolve().parent)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
+    """Validate a decoded TOML document into a :class:`Config`."""
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(source, name, "unknown section")
+        if not isinstance(value, dict):
+            raise ConfigError(source, name, "must be a table, e.g. [" + name + "]")
+        sections[name] = _parse_section(name, value, _SECTIONS[name], source)
+    config = Config(**sections, source=source, base_dir=base_dir)
+    if config.auth.signing_key and config.auth.signing_key_file:
+        raise ConfigError(source, "auth.signing_key", "set signing_key or signing_key_file, not both")
+    if config.auth.signing_key and len(config.auth.signing_key.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(source, "auth.signing_key", f"must be at least {MIN_KEY_BYTES} bytes")
+    if not config.server.path.startswith("/"):
+        raise ConfigError(source, "server.path", "must start with '/'")
+    return config
+
+
+def _parse_section(name: str, table: dict[str, Any], cls: type[Any], source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{name}.{key}"
+        if key not in fields:
+            raise ConfigError(source, dotted, "unknown key")
+        default = fields[key].default
+        values[key] = _check_value(dotted, value, default, source)
+    return cls(**values)
+
+
+def _check_value(dotted: str, value: Any, default: Any, source: str) -> Any:
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(source, dotted, "must be a list of strings")
+        return tuple(value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise ConfigError(source, dotted, f"must be {_type_name(default)}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, int | float):
+            raise ConfigError(source, dotted, "must be a number")
+        value = float(value)
+    elif isinstance(default, int):
+        if not isinstance(value, int):
+            raise ConfigError(source, dotted, "must be an integer")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(source, dotted, "must be a string")
+    low, high = _RANGES.get(dotted, (None, None))
+    if low is not None and value < low:
+        raise ConfigError(source, dotted, f"must be at least {low:g}")
+    if high is not None and value > high:
+        raise ConfigError(source, dotted, f"must be at most {high:g}")
+    choices = _CHOICES.get(dotted)
+    if choices is not None and value not in choices:
+        raise ConfigError(source, dotted, "must be one of " + ", ".join(map(repr, choices)))
+    return value
+
+
+def _type_name(default: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[
+        type(default)
+    ]
+
+
+def load_signing_key(config: Config, *, create: bool) -> str:
+    """The HS256 key: inline, from ``signing_key_file``, or ``unichatd.key`` (made if asked).
+
+    Returns the key text; a key file is read with surrounding white space stripped.
+    """
+    if config.auth.signing_key:
+        return config.auth.signing_key
+    path = config.key_path
+    key_name = "auth.signing_key_file" if config.auth.signing_key_file else "auth.signing_key"
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if config.auth.signing_key_file or not create:
+            raise ConfigError(config.source, key_name, f"key file {path} does not exist") from None
+        key = secrets.token_hex(32)
+        write_private_file(path, key + "\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(config.source, key_name, f"cannot read key file {path}: {exc}") from None
+    if len(key.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(
+            config.source, key_name, f"key in {path} must be at least {MIN_KEY_BYTES} bytes"
+        )
+    return key
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600, refusing to overwrite an existing file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def with_overrides(
+    config: Config, *, host: str | None, port: int | None, database: str | None
+) -> Config:
+    """The config with ``serve``'s command-line overrides applied."""
+    server = config.server
+    if host is not None:
+        server = dataclasses.replace(server, host=host)
+    if port is not None:
+        server = dataclasses.replace(server, port=port)
+    storage = config.storage
+    if database is not None:
+        storage = dataclasses.replace(storage, database=str(Path(database).resolve()))
+    return dataclasses.replace(config, server=server, storage=storage)
+
+
+CONFIG_TEMPLATE = '''\
+# unichatd configuration. Every key is optional; the values shown are the defaults.
+# Relative paths are relative to this file's directory.
+
+[server]
+host = "127.0.0.1"
+port = 8000
+path = "/ws/chat/"                # the WebSocket endpoint; any other path gets 404
+allowed_origins = []              # e.g. ["https://chat.example.com"]; empty = no Origin check
+max_message_bytes = 65536         # largest frame accepted; a larger one closes with 1009
+ping_interval = 20                # seconds between keepalive pings; 0 disables them
+ping_timeout = 20                 # seconds to wait for the pong before closing with 1011
+pid_file = ""                     # written by `serve` when set, used by `stop`
+max_connections = 19000           # open connections; further handshakes get HTTP 503
+max_connections_per_user = 32     # per user; further handshakes get HTTP 429
+send_buffer_bytes = 1048576       # unsent bytes per connection before it is closed (1008)
+
+[auth]
+signing_key = "{signing_key}"  # HS256 key, at least 32 bytes; or:
+# signing_key_file = "unichatd.key"  # a file holding the key (the default when neither is set)
+token_ttl = 86400                 # default lifetime of `unichatd token`, in seconds
+
+[storage]
+database = "unichatd.db"          # SQLite file
+
+[limits]
+messages_per_second = 10          # send_message rate per user, all connections together
+message_burst = 20
+max_content_chars = 4000
+frames_per_second = 200           # frames of any type per connection
+frame_burst = 400
+
+[log]
+level = "info"                    # debug, info, warning, error
+format = "json"                   # "json" (one object a line) or "console"
+'''
+
+
+def render_config(signing_key: str) -> str:
+    return CONFIG_TEMPLATE.replace("{signing_key}", signing_key)

@@ -1,0 +1,112 @@
+"""The room directory: what the daemon knows of rooms without asking the database.
+
+Access checks, room lists, unread counts and last-message previews run on every
+request, so they are answered from memory.  The directory is filled from
+:meth:`Store.load_rooms <unichatd.store.Store.load_rooms>` and then kept in step with
+each committed write, applied in commit order (see ``chat``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .protocol import Message, format_timestamp
+from .store import PREVIEW_CHARS, RoomRecord, Snapshot
+
+
+def preview(content: str) -> str:
+    return content[:PREVIEW_CHARS]
+
+
+class RoomDirectory:
+    def __init__(self) -> None:
+        self.rooms: dict[int, RoomRecord] = {}
+        self.users: dict[int, tuple[str, str]] = {}
+        self._user_rooms: dict[int, set[int]] = {}
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Take the rooms of ``snapshot`` as they now are (replacing what was known of them)."""
+        self.users.update(snapshot.users)
+        for room in snapshot.rooms.values():
+            old = self.rooms.get(room.id)
+            if old is not None:
+                for user_id in old.markers:
+                    rooms = self._user_rooms.get(user_id)
+                    if rooms is not None:
+                        rooms.discard(room.id)
+            self.rooms[room.id] = room
+            for user_id in room.markers:
+                self._user_rooms.setdefault(user_id, set()).add(room.id)
+
+    def is_participant(self, room_id: int, user_id: int) -> bool:
+        room = self.rooms.get(room_id)
+        return room is not None and user_id in room.markers
+
+    def participants(self, room_id: int) -> tuple[int, ...]:
+        room = self.rooms.get(room_id)
+        return tuple(room.markers) if room is not None else ()
+
+    def rooms_of(self, user_id: int) -> tuple[int, ...]:
+        return tuple(self._user_rooms.get(user_id, ()))
+
+    def set_user(self, user_id: int, username: str, first_name: str) -> None:
+        self.users[user_id] = (username, first_name)
+
+    def record_message(self, message: Message) -> None:
+        """A committed message: it is the room's latest and unread for everyone else."""
+        room = self.rooms.get(message.room_id)
+        if room is None:
+            return
+        room.last_message = message
+        unread = room.unread
+        for user_id in room.markers:
+            if user_id != message.sender_id:
+                unread[user_id] = unread.get(user_id, 0) + 1
+
+    def record_read(self, room_id: int, user_id: int, marker: int, unread_count: int) -> None:
+        room = self.rooms.get(room_id)
+        if room is not None and user_id in room.markers:
+            room.markers[user_id] = marker
+            room.unread[user_id] = unread_count
+
+    def unread(self, room_id: int, user_id: int) -> int:
+        room = self.rooms.get(room_id)
+        return room.unread.get(user_id, 0) if room is not None else 0
+
+    def room_state(self, room_id: int, user_id: int) -> dict[str, Any]:
+        """The fields of ``room_updated`` that a room list shows, as ``user_id`` sees them."""
+        room = self.rooms[room_id]
+        last = room.last_message
+        return {
+            "name": room.name,
+            "last_message_content": preview(last.content) if last else None,
+            "last_message_time": format_timestamp(last.created_ms) if last else None,
+            "unread_count": room.unread.get(user_id, 0),
+        }
+
+    def room_object(self, room_id: int, user_id: int) -> dict[str, Any]:
+        room = self.rooms[room_id]
+        state = self.room_state(room_id, user_id)
+        return {
+            "id": room.id,
+            "name": room.name,
+            "room_type": room.room_type,
+            "last_message_content": state["last_message_content"],
+            "last_message_time": state["last_message_time"],
+            "unread_count": state["unread_count"],
+            "participants": [
+                {"id": uid, "username": self.users.get(uid, (f"user{uid}", ""))[0]}
+                for uid in room.markers
+            ],
+        }
+
+    def room_list(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's rooms, most recent activity first (a room's creation counts as activity)."""
+
+        def activity(room_id: int) -> tuple[int, int]:
+            room = self.rooms[room_id]
+            last = room.last_message
+            return (last.created_ms if last else room.created_ms, room_id)
+
+        ordered = sorted(self._user_rooms.get(user_id, ()), key=activity, reverse=True)
+        return [self.room_object(room_id, user_id) for room_id in ordered]

@@ -1,0 +1,332 @@
+"""The network edge: websockets wiring, the HTTP endpoints, readiness and shutdown.
+
+This is the only module that imports ``websockets``.  Frames leave through
+:class:`_ConnectionSink`, which writes synchronously into the connection's transport
+(the way ``websockets.broadcast`` does) so that no delivery ever awaits a peer; a peer
+whose unsent data passes ``server.send_buffer_bytes`` is closed as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import itertools
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from .auth import AUTH_REQUIRED, Identity, token_from_handshake, verify_token
+from .chat import Chat
+from .config import Config
+from .errors import AuthError
+from .session import CLOSE_AUTH, CLOSE_POLICY, Session
+from .store import Store
+
+log = structlog.get_logger("unichatd.server")
+
+SHUTDOWN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
+
+
+class _Connection(ServerConnection):
+    """A websockets connection that carries what the handshake learned of its token."""
+
+    auth: Identity | AuthError | None = None
+
+
+class _ConnectionSink:
+    __slots__ = ("_conn", "_limit", "_server", "closed")
+
+    def __init__(self, conn: ServerConnection, limit: int, server: UnichatServer) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._server = server
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        conn = self._conn
+        if self.closed or conn.protocol.state is not State.OPEN:
+            return
+        conn.protocol.send_text(frame)
+        conn.send_data()
+        if conn.transport.get_write_buffer_size() > self._limit:
+            self._server.chat.stats.slow_consumer_closes += 1
+            log.warning("connection.slow_consumer", conn_id=id(conn))
+            self.close(CLOSE_POLICY, "slow consumer")
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self._server.spawn(self._conn.close(code, reason))
+
+
+class UnichatServer:
+    """A running unichatd: store, chat service, listening socket."""
+
+    def __init__(self, config: Config, signing_key: str) -> None:
+        self.config = config
+        self.signing_key = signing_key
+        self.store = Store(config.database_path)
+        self.chat = Chat(config, self.store, signing_key)
+        self._ws: Server | None = None
+        self._started = time.monotonic()
+        self._conn_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry.register(_MetricsCollector(self))
+
+    @property
+    def port(self) -> int:
+        assert self._ws is not None
+        sockets = list(self._ws.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- startup and shutdown ----------------------------------------------------
+
+    async def start(self) -> None:
+        # 1. the database (migrated) and the in-memory room directory;
+        await self.store.open()
+        await self.chat.start()
+        # 2. the listening socket;
+        server_config = self.config.server
+        ping_interval = server_config.ping_interval or None
+        self._ws = await serve(
+            self._handle,
+            server_config.host,
+            server_config.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=server_config.max_message_bytes,
+            ping_interval=ping_interval,
+            ping_timeout=server_config.ping_timeout or None,
+            close_timeout=CLOSE_TIMEOUT,
+            server_header="unichatd",
+            create_connection=_Connection,
+        )
+        # 3. tell whoever waits (pid file, systemd) that we listen.
+        if server_config.pid_file:
+            Path(server_config.pid_file).write_text(f"{os.getpid()}\n")
+        log.info("server.listening", host=server_config.host, port=self.port,
+                 path=server_config.path, database=str(self.config.database_path))
+        notify_systemd("READY=1")
+
+    async def stop(self) -> None:
+        """Shut down in order, each step bounded."""
+        notify_systemd("STOPPING=1")
+        log.info("server.stopping")
+        # 1. stop accepting and close every connection with 1001 (going away);
+        if self._ws is not None:
+            self._ws.close()
+            try:
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await self._ws.wait_closed()
+            except TimeoutError:
+                log.warning("server.close_timeout")
+        # 2. end timers and background work;
+        await self.chat.stop()
+        for task in tuple(self._tasks):
+            task.cancel()
+        # 3. finish every write already accepted, then close the database.
+        await self.store.close()
+        if self.config.server.pid_file:
+            with contextlib.suppress(OSError):
+                Path(self.config.server.pid_file).unlink()
+        log.info("server.stopped")
+
+    # -- HTTP --------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == self.config.server.path:
+            return self._check_handshake(connection, request)
+        if path == "/healthz":
+            body = orjson.dumps(self.chat.health(time.monotonic() - self._started))
+            return _response(http.HTTPStatus.OK, body, "application/json")
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, generate_latest(self._registry),
+                             "text/plain; version=0.0.4; charset=utf-8")
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+    def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        server_config = self.config.server
+        origin = request.headers.get("Origin")
+        if server_config.allowed_origins and origin is not None and (
+            origin not in server_config.allowed_origins
+        ):
+            self.chat.stats.connections_refused["origin"] += 1
+            log.warning("connection.refused", reason="origin", origin=origin[:200])
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+        if self.chat.hub.connection_count >= server_config.max_connections:
+            self.chat.stats.connections_refused["max_connections"] += 1
+            log.warning("connection.refused", reason="max_connections")
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is full\n")
+        token = token_from_handshake(request.path, request.headers)
+        auth: Identity | AuthError
+        try:
+            if token is None:
+                raise AuthError(AUTH_REQUIRED)
+            auth = verify_token(token, self.signing_key)
+        except AuthError as exc:
+            auth = exc
+        else:
+            per_user = len(tuple(self.chat.hub.connections_of(auth.user_id)))
+            if per_user >= server_config.max_connections_per_user:
+                self.chat.stats.connections_refused["max_connections_per_user"] += 1
+                log.warning("connection.refused", reason="max_connections_per_user",
+                            user_id=auth.user_id)
+                return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                          "Too many connections for this user\n")
+        assert isinstance(connection, _Connection)
+        connection.auth = auth
+        return None
+
+    # -- WebSocket ---------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, _Connection)
+        auth = connection.auth
+        if not isinstance(auth, Identity):
+            reason = auth.reason if isinstance(auth, AuthError) else AUTH_REQUIRED
+            log.info("connection.rejected", reason=reason)
+            await connection.close(CLOSE_AUTH, reason)
+            return
+        conn_id = next(self._conn_ids)
+        sink = _ConnectionSink(connection, self.config.server.send_buffer_bytes, self)
+        session = Session(conn_id, auth, sink, self.chat)
+        bound = log.bind(conn_id=conn_id, user_id=auth.user_id)
+        bound.info("connection.opened", remote=_remote(connection))
+        try:
+            await session.open()
+            async for frame in connection:
+                if isinstance(frame, str):
+                    await session.handle_text(frame)
+                else:
+                    session.handle_binary()
+        except ConnectionClosed:
+            pass
+        finally:
+            session.closed_by_peer()
+            bound.info("connection.closed", code=connection.close_code,
+                       reason=connection.close_reason)
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))),
+         ("Cache-Control", "no-store")]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _remote(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
+class _MetricsCollector(Collector):
+    """Reads the live counters at scrape time, so the hot path only bumps integers."""
+
+    def __init__(self, server: UnichatServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        chat = self._server.chat
+        stats, hub, store = chat.stats, chat.hub, self._server.store
+        yield GaugeMetricFamily("unichatd_connections", "Open WebSocket connections.",
+                                value=hub.connection_count)
+        yield GaugeMetricFamily("unichatd_rooms_active", "Rooms with at least one subscriber.",
+                                value=hub.active_rooms)
+        yield CounterMetricFamily("unichatd_messages_stored", "Messages committed.",
+                                  value=stats.messages_stored)
+        yield CounterMetricFamily("unichatd_messages_delivered",
+                                  "Frames fanned out to room subscribers.", value=hub.deliveries)
+        yield CounterMetricFamily("unichatd_room_updates_sent", "room_updated frames sent.",
+                                  value=stats.room_updates)
+        errors = CounterMetricFamily("unichatd_errors", "Error frames sent, by code.",
+                                     labels=["code"])
+        for code, count in sorted(stats.errors.items()):
+            errors.add_metric([code], count)
+        yield errors
+        refused = CounterMetricFamily("unichatd_connections_refused",
+                                      "Handshakes refused, by reason.", labels=["reason"])
+        for reason, count in sorted(stats.connections_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily("unichatd_send_queue_drops",
+                                  "Connections closed as slow consumers (send buffer full).",
+                                  value=stats.slow_consumer_closes)
+        yield CounterMetricFamily("unichatd_flood_closes",
+                                  "Connections closed for flooding after rate limiting.",
+                                  value=stats.flood_closes)
+        yield CounterMetricFamily("unichatd_db_write_batches", "Group-commit transactions.",
+                                  value=store.batches)
+        yield CounterMetricFamily("unichatd_db_write_seconds",
+                                  "Time spent in group-commit transactions.",
+                                  value=store.write_seconds)
+
+
+def notify_systemd(state: str) -> None:
+    """Send ``state`` to systemd's notification socket when running under Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("systemd.notify_failed", error=str(exc))
+
+
+async def serve_forever(config: Config, signing_key: str) -> None:
+    """Run until SIGTERM or SIGINT; a second signal exits at once."""
+    server = UnichatServer(config, signing_key)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("server.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("server.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(config: Config, signing_key: str) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(serve_forever(config, signing_key))
+    else:
+        uvloop.run(serve_forever(config, signing_key))

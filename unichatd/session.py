@@ -1,0 +1,245 @@
+"""One connection: its identity, its subscriptions, and the dispatch of its requests.
+
+A session never touches a socket.  It writes through a :class:`Sink`, which the server
+implements over a websockets connection and the tests can implement over a list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+
+from . import protocol
+from .auth import TOKEN_EXPIRED, Identity, verify_token
+from .chat import Chat
+from .errors import AuthError, ClientError, CloseConnection, RateLimited
+from .limits import FloodGuard, TokenBucket
+
+log = structlog.get_logger("unichatd.session")
+
+CATCH_UP_LIMIT = 100
+CLOSE_AUTH = 4001
+CLOSE_POLICY = 1008
+
+
+class Sink(Protocol):
+    """Where a session's frames go."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame without waiting."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the connection with ``code``; later sends are dropped."""
+
+
+class Session:
+    """The state of one authenticated connection."""
+
+    __slots__ = (
+        "conn_id", "identity", "chat", "_sink", "send", "closed", "pending_room_updates",
+        "_catching_up", "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
+    )
+
+    def __init__(self, conn_id: int, identity: Identity, sink: Sink, chat: Chat) -> None:
+        self.conn_id = conn_id
+        self.identity = identity
+        self.chat = chat
+        self._sink = sink
+        self.send: Callable[[bytes], None] = sink.send
+        self.closed = False
+        self.pending_room_updates: set[int] = set()
+        """Rooms whose room_updated this connection is owed (see Chat._flush_room_updates)."""
+        self._catching_up: dict[int, list[tuple[bytes, int | None]]] = {}
+        limits = chat.config.limits
+        self._frames = TokenBucket(limits.frames_per_second, limits.frame_burst)
+        # Past twice the burst of refusals within a second, the client ignores retry_after_ms.
+        self._frame_flood = FloodGuard(2 * limits.frame_burst)
+        self._send_flood = FloodGuard(2 * limits.message_burst)
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def user_id(self) -> int:
+        return self.identity.user_id
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.chat.connect(self)
+        self._schedule_expiry()
+        self.send(protocol.connection_established_frame(self.user_id, self.identity.username))
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sink.close(code, reason)
+
+    def closed_by_peer(self) -> None:
+        """The connection is gone: leave every room."""
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.chat.disconnect(self)
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, self.identity.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, self.close, CLOSE_AUTH, TOKEN_EXPIRED
+        )
+
+    # -- outgoing --------------------------------------------------------------
+
+    def deliver(self, room_id: int, frame: bytes, message_id: int | None) -> None:
+        if self._catching_up:
+            buffered = self._catching_up.get(room_id)
+            if buffered is not None:
+                buffered.append((frame, message_id))
+                return
+        self.send(frame)
+
+    def send_error(self, error: ClientError) -> None:
+        self.chat.stats.errors[error.code] += 1
+        log.debug("error.sent", conn_id=self.conn_id, user_id=self.user_id, code=error.code)
+        self.send(protocol.error_frame(error))
+
+    # -- incoming --------------------------------------------------------------
+
+    async def handle_text(self, text: str) -> None:
+        """Answer one text frame; errors become ``error`` frames, never exceptions."""
+        request: protocol.Request | None = None
+        try:
+            wait_ms = self._frames.take()
+            if wait_ms:
+                if self._frame_flood.refused():
+                    self.chat.stats.flood_closes += 1
+                    raise CloseConnection(CLOSE_POLICY, "rate limit exceeded")
+                raise RateLimited(wait_ms)
+            request = protocol.parse_request(
+                text, max_content_chars=self.chat.config.limits.max_content_chars
+            )
+            pending = _HANDLERS[type(request)](self, request)
+            if pending is not None:
+                await pending
+        except RateLimited as exc:
+            if request is not None:
+                exc.request_id = request.request_id
+                if isinstance(request, protocol.SendMessage) and self._send_flood.refused():
+                    self.chat.stats.flood_closes += 1
+                    self.close(CLOSE_POLICY, "rate limit exceeded")
+                    return
+            self.send_error(exc)
+        except ClientError as exc:
+            if exc.request_id is None and request is not None:
+                exc.request_id = request.request_id
+            self.send_error(exc)
+        except CloseConnection as exc:
+            self.close(exc.code, exc.reason)
+        except Exception:
+            log.exception("request.failed", conn_id=self.conn_id, user_id=self.user_id,
+                          request=type(request).__name__)
+            self.send_error(ClientError(
+                "internal_error", "the server failed to handle this request",
+                request_id=request.request_id if request is not None else None,
+                room_id=getattr(request, "room_id", None),
+            ))
+
+    def handle_binary(self) -> None:
+        self.send_error(ClientError("unsupported_frame", "binary frames are not supported; send JSON text"))
+
+    # -- requests ----------------------------------------------------------------
+
+    async def _subscribe(self, request: protocol.Subscribe) -> None:
+        room_id = request.room_id
+        chat = self.chat
+        chat.check_access(room_id, self.user_id)
+        if request.last_message_id is None:
+            chat.hub.subscribe(room_id, self)
+            log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id)
+            self.send(protocol.subscribed_frame(room_id, request.request_id))
+            return
+        # Catch-up without gap or duplicate:
+        # 1. join the room first, holding back its live frames;
+        # 2. read what was committed after the client's last message (this read sees
+        #    at least every message whose broadcast happened before step 1);
+        # 3. send subscribed and history;
+        # 4. release the held frames, skipping messages that history already carried.
+        chat.hub.subscribe(room_id, self)
+        held: list[tuple[bytes, int | None]] = []
+        self._catching_up[room_id] = held
+        try:
+            messages, has_more = await chat.store.history(
+                room_id, before_id=None, after_id=request.last_message_id, limit=CATCH_UP_LIMIT
+            )
+        except BaseException:
+            chat.hub.unsubscribe(room_id, self)
+            raise
+        finally:
+            self._catching_up.pop(room_id, None)
+            # Between steps 2 and 3 nothing is awaited, so no frame can slip past `held`.
+        log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id,
+                  caught_up=len(messages))
+        self.send(protocol.subscribed_frame(room_id, request.request_id))
+        self.send(protocol.history_frame(room_id, messages, has_more, None))
+        seen = messages[-1].id if messages else request.last_message_id
+        for frame, message_id in held:
+            if message_id is None or message_id > seen:
+                self.send(frame)
+
+    def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
+        self.chat.check_access(request.room_id, self.user_id)
+        self.chat.hub.unsubscribe(request.room_id, self)
+        self.send(protocol.unsubscribed_frame(request.room_id, request.request_id))
+
+    def _send_message(self, request: protocol.SendMessage) -> Awaitable[None]:
+        return self.chat.send_message(self, request)
+
+    def _mark_read(self, request: protocol.MarkRead) -> Awaitable[None]:
+        return self.chat.mark_read(self, request)
+
+    def _typing(self, request: protocol.Typing) -> None:
+        self.chat.typing(self, request)
+
+    def _room_list(self, request: protocol.GetRoomList) -> None:
+        self.send(protocol.room_list_frame(self.chat.room_list(self.user_id), request.request_id))
+
+    async def _history(self, request: protocol.GetHistory) -> None:
+        self.chat.check_access(request.room_id, self.user_id)
+        messages, has_more = await self.chat.store.history(
+            request.room_id,
+            before_id=request.before_id,
+            after_id=request.after_id,
+            limit=request.limit,
+        )
+        self.send(protocol.history_frame(request.room_id, messages, has_more, request.request_id))
+
+    def _refresh_token(self, request: protocol.RefreshToken) -> None:
+        try:
+            identity = verify_token(request.token, self.chat.signing_key)
+        except AuthError as exc:
+            raise ClientError("invalid_message", f"token refused: {exc.reason}") from None
+        if identity.user_id != self.user_id:
+            raise ClientError("invalid_message", "token refused: it is for another user")
+        self.identity = identity
+        self._schedule_expiry()
+        self.send(protocol.token_refreshed_frame(identity.expires_at, request.request_id))
+
+    def _ping(self, request: protocol.Ping) -> None:
+        self.send(protocol.pong_frame(request.request_id))
+
+
+_HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
+    protocol.Subscribe: Session._subscribe,
+    protocol.Unsubscribe: Session._unsubscribe,
+    protocol.SendMessage: Session._send_message,
+    protocol.MarkRead: Session._mark_read,
+    protocol.Typing: Session._typing,
+    protocol.GetRoomList: Session._room_list,
+    protocol.GetHistory: Session._history,
+    protocol.RefreshToken: Session._refresh_token,
+    protocol.Ping: Session._ping,
+}
