@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("user_ids", type=_positive_int, nargs="+", metavar="USER_ID")
     room_commands.add_parser("list", parents=[config_option], help="list rooms")
 
+    from .bench import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser("bench", parents=[config_option], help="run the load benchmark")
+    add_bench_arguments(bench)
+
     commands.add_parser("stop", parents=[config_option], help="stop the running server")
     commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
     return parser
@@ -107,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "init":
             return _init(config_path)
+        if args.command == "bench":
+            from .bench import run as run_bench
+
+            return run_bench(args)
         config = load_config(config_path)
         handler = _COMMANDS[args.command]
         return handler(config, args)

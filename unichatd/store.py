@@ -563,6 +563,9 @@ class RoomSummary:
     message_count: int
 
 
+_IMPORT_SQL = "INSERT INTO messages(room_id, sender_id, content, created_ms) VALUES (?,?,?,?)"
+
+
 class AdminStore:
     """Room and participant changes made by the CLI, each logged for the running daemon."""
 
@@ -648,6 +651,30 @@ class AdminStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def import_messages(self, rows: Iterable[tuple[int, int, str, int]], *, chunk: int = 50_000) -> None:
+        """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.
+
+        Only for a database no daemon is serving: the daemon assigns message ids itself.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            batch: list[tuple[int, int, str, int]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= chunk:
+                    conn.executemany(_IMPORT_SQL, batch)
+                    batch.clear()
+            conn.executemany(_IMPORT_SQL, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def first_message_id(self, room_id: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(id) FROM messages WHERE room_id = ?", (room_id,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def list_rooms(self) -> list[RoomSummary]:
         summaries = []
