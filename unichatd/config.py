@@ -34,8 +34,8 @@ class ServerConfig:
     path: str = "/ws/chat/"
     allowed_origins: tuple[str, ...] = ()
     max_message_bytes: int = 65536
-    ping_interval: float = 20
-    ping_timeout: float = 20
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     pid_file: str = ""
     max_connections: int = 19000
     """Handshakes beyond this many open connections get HTTP 503."""
@@ -59,10 +59,10 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    messages_per_second: float = 10
+    messages_per_second: float = 10.0
     message_burst: int = 20
     max_content_chars: int = 4000
-    frames_per_second: float = 200
+    frames_per_second: float = 200.0
     """Frames of every type a connection may send per second, sustained."""
     frame_burst: int = 400
 

@@ -116,9 +116,10 @@ def parse_request(text: str | bytes, *, max_content_chars: int) -> Request:
         raise ClientError("invalid_json", "frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise ClientError("invalid_message", "frame must be a JSON object")
-    request_id = _request_id(frame)
-    kind = frame.get("type")
+    request_id: RequestId = None
     try:
+        request_id = _request_id(frame)
+        kind = frame.get("type")
         if not isinstance(kind, str):
             raise ClientError("invalid_message", "field 'type' is required and must be a string")
         parser = _PARSERS.get(kind)
