@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -85,14 +84,10 @@ def token_from_handshake(path: str, headers: Mapping[str, str]) -> str | None:
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    cookie_header = headers.get("Cookie")
-    if cookie_header:
-        cookies: SimpleCookie = SimpleCookie()
-        try:
-            cookies.load(cookie_header)
-        except CookieError:
-            return None
-        morsel = cookies.get(COOKIE_NAME)
-        if morsel is not None and morsel.value:
-            return morsel.value
+    # Read the cookie by hand: one malformed neighbour must not hide a good token
+    # (http.cookies rejects the whole header for it).
+    for pair in headers.get("Cookie", "").split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name == COOKIE_NAME and value.strip().strip('"'):
+            return value.strip().strip('"')
     return None

@@ -17,7 +17,6 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
@@ -105,6 +104,15 @@ class UnichatServer:
     # -- startup and shutdown ----------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Nothing may be left running (the database thread would keep the process alive).
+            await self.chat.stop()
+            await self.store.close()
+            raise
+
+    async def _start(self) -> None:
         # 1. the database (migrated) and the in-memory room directory;
         await self.store.open()
         await self.chat.start()
@@ -126,7 +134,7 @@ class UnichatServer:
         )
         # 3. tell whoever waits (pid file, systemd) that we listen.
         if server_config.pid_file:
-            Path(server_config.pid_file).write_text(f"{os.getpid()}\n")
+            self.config.resolve(server_config.pid_file).write_text(f"{os.getpid()}\n")
         log.info("server.listening", host=server_config.host, port=self.port,
                  path=server_config.path, database=str(self.config.database_path))
         notify_systemd("READY=1")
@@ -151,7 +159,7 @@ class UnichatServer:
         await self.store.close()
         if self.config.server.pid_file:
             with contextlib.suppress(OSError):
-                Path(self.config.server.pid_file).unlink()
+                self.config.resolve(self.config.server.pid_file).unlink()
         log.info("server.stopped")
 
     # -- HTTP --------------------------------------------------------------------
