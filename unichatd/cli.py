@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", parents=[config_option], help="run the load benchmark")
     add_bench_arguments(bench)
 
+    send = commands.add_parser("send", parents=[config_option],
+                               help="post a message to a room and print its id")
+    send.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
+    send.add_argument("content", metavar="TEXT")
+    send.add_argument("--as", dest="user_id", type=_positive_int, required=True, metavar="USER_ID")
+    send.add_argument("--reply-to", type=_positive_int, metavar="MESSAGE_ID")
+    tail = commands.add_parser("tail", parents=[config_option], help="print a room's messages as they arrive")
+    tail.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
+    tail.add_argument("--as", dest="user_id", type=_positive_int, required=True, metavar="USER_ID")
+    tail.add_argument("--since", type=int, default=None, metavar="MESSAGE_ID",
+                      help="also print the messages after this id")
+    tail.add_argument("--json", action="store_true", help="one JSON message object a line")
+
     commands.add_parser("stop", parents=[config_option], help="stop the running server")
     commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
     return parser
@@ -253,11 +266,86 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _client_for(config: Config, user_id: int) -> tuple[str, str]:
+    """The server's URL and a short-lived token for ``user_id`` under their stored name."""
+    key = load_signing_key(config, create=False)
+    admin = AdminStore(config.database_path)
+    try:
+        username, first_name = admin.user_names(user_id)
+    finally:
+        admin.close()
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"ws://{host}:{config.server.port}{config.server.path}"
+    return url, mint_token(key, user_id, username, first_name=first_name, ttl=3600)
+
+
+def _send(config: Config, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .client import ChatClient, ClientRequestError, ConnectionLost
+
+    url, token = _client_for(config, args.user_id)
+
+    async def post() -> int:
+        async with ChatClient(url, token, reconnect=False) as chat:
+            message = await chat.send(args.room_id, args.content, reply_to=args.reply_to)
+            return int(message["id"])
+
+    try:
+        print(asyncio.run(post()))
+    except ClientRequestError as exc:
+        raise _Failure(f"the server refused the message: {exc}") from None
+    except (ConnectionLost, OSError, TimeoutError) as exc:
+        raise _Failure(f"cannot reach the server at {url}: {exc}") from None
+    return EXIT_OK
+
+
+def _tail(config: Config, args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from .client import ChatClient, ClientRequestError, ConnectionLost
+
+    url, token = _client_for(config, args.user_id)
+
+    def show(message: dict[str, object]) -> None:
+        if args.json:
+            print(orjson.dumps(message).decode(), flush=True)
+        else:
+            sender = message["sender"]
+            name = sender["username"] if isinstance(sender, dict) else "?"
+            print(f"{message['timestamp']} #{message['id']} {name}: {message['content']}", flush=True)
+
+    async def follow() -> None:
+        async with ChatClient(url, token) as chat:
+            await chat.subscribe(args.room_id, args.since)
+            async for event in chat:
+                if event["type"] == "new_message" and event["room_id"] == args.room_id:
+                    show(event["message"])
+                elif event["type"] == "unsubscribed" and event.get("room_id") == args.room_id:
+                    raise _Failure(f"unsubscribed from room {args.room_id}: {event.get('reason', '')}")
+
+    try:
+        asyncio.run(follow())
+    except ClientRequestError as exc:
+        raise _Failure(f"the server refused: {exc}") from None
+    except (ConnectionLost, OSError, TimeoutError) as exc:
+        raise _Failure(f"cannot reach the server at {url}: {exc}") from None
+    return EXIT_OK
+
+
 _COMMANDS = {
     "serve": _serve,
     "check-config": _check_config,
     "token": _token,
     "room": _room,
+    "send": _send,
+    "tail": _tail,
     "stop": _stop,
     "status": _status,
 }

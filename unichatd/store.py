@@ -672,6 +672,11 @@ class AdminStore:
             conn.execute("ROLLBACK")
             raise
 
+    def user_names(self, user_id: int) -> tuple[str, str]:
+        """(username, first_name) as last seen in a token, or the placeholder name."""
+        row = self.conn.execute("SELECT username, first_name FROM users WHERE id = ?", (user_id,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else (f"user{user_id}", "")
+
     def first_message_id(self, room_id: int) -> int | None:
         row = self.conn.execute("SELECT MIN(id) FROM messages WHERE room_id = ?", (room_id,)).fetchone()
         return int(row[0]) if row and row[0] is not None else None

@@ -1,0 +1,305 @@
+"""A small async client for scripts and bots, over one unichatd WebSocket.
+
+    async with ChatClient(url, token) as chat:
+        await chat.subscribe(1)
+        message = await chat.send(1, "deploy finished")
+        async for event in chat:
+            print(event["type"], event)
+
+Replies are matched to requests by ``request_id``; everything else (``new_message``,
+``typing``, ``room_updated``, …) comes out of the async iteration.  With ``reconnect``
+on, a lost connection is re-opened with exponential backoff and jitter, every room is
+re-subscribed with the last message id seen, and the messages missed meanwhile come out
+of the iteration as ``new_message`` events, once each.  ``send`` gives every message a
+``client_msg_id``, so a send retried across a reconnect is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+
+class ClientRequestError(Exception):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.code: str = frame.get("code", "")
+        self.frame = frame
+
+
+class ConnectionLost(Exception):
+    """The connection closed and ``reconnect`` is off (or the server refused us for good)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"connection closed: {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class Disconnected(Exception):
+    """The connection dropped while a request was in flight; the client is reconnecting."""
+
+
+_PERMANENT_CLOSE_CODES = {4001, 1008}
+
+
+class ChatClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        reconnect: bool = True,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.reconnect = reconnect
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.request_timeout = request_timeout
+        self.user: dict[str, Any] = {}
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._rooms: dict[int, int] = {}
+        """Subscribed room → the largest message id seen in it."""
+        self._ids = itertools.count(1)
+        self._connected = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.reconnects = 0
+
+    async def __aenter__(self) -> ChatClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- connection -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._ws = await self._open()
+        self._reader = asyncio.create_task(self._read_forever())
+
+    async def _open(self) -> ClientConnection:
+        separator = "&" if "?" in self.url else "?"
+        ws = await websockets.connect(f"{self.url}{separator}token={self.token}", compression=None,
+                                      open_timeout=self.request_timeout)
+        try:
+            first = orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionLost(exc.rcvd.code if exc.rcvd else None,
+                                 exc.rcvd.reason if exc.rcvd else "") from None
+        if first.get("type") != "connection_established":
+            await ws.close()
+            raise ConnectionLost(None, f"unexpected first frame {first.get('type')!r}")
+        self.user = first
+        self._connected.set()
+        return ws
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _read_forever(self) -> None:
+        backoff = self.initial_backoff
+        while True:
+            assert self._ws is not None
+            try:
+                async for raw in self._ws:
+                    self._dispatch(orjson.loads(raw))
+                    backoff = self.initial_backoff
+                code, reason = self._ws.close_code, self._ws.close_reason or ""
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                reason = exc.rcvd.reason if exc.rcvd else ""
+            self._connected.clear()
+            if self._closing:
+                return
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(Disconnected())
+            self._pending.clear()
+            if not self.reconnect or code in _PERMANENT_CLOSE_CODES:
+                self._fail_all(ConnectionLost(code, reason))
+                return
+            # Reconnect with exponential backoff and jitter, then catch up every room.
+            while not self._closing:
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(self.max_backoff, backoff * 2)
+                try:
+                    self._ws = await self._open()
+                except (OSError, websockets.WebSocketException, TimeoutError):
+                    continue
+                except ConnectionLost as exc:
+                    self._fail_all(exc)
+                    return
+                self.reconnects += 1
+                for room_id, last_id in self._rooms.items():
+                    await self._write({"type": "subscribe_room", "room_id": room_id,
+                                       "last_message_id": last_id})
+                break
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()
+        self._events.put_nowait(exc)
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        request_id = frame.get("request_id")
+        if kind == "history" and request_id is None:
+            # The catch-up of a (re)subscribe: hand the missed messages on as live ones.
+            messages = frame.get("messages", [])
+            for message in messages:
+                self._emit_message(message)
+            if frame.get("has_more") and messages:
+                task = asyncio.ensure_future(self._page_on(frame["room_id"], messages[-1]["id"]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return
+        if isinstance(request_id, str) and request_id in self._pending:
+            future = self._pending.pop(request_id)
+            if not future.done():
+                future.set_result(frame)
+            return
+        if kind == "new_message":
+            self._emit_message(frame["message"])
+            return
+        self._events.put_nowait(frame)
+
+    async def _page_on(self, room_id: int, after_id: int) -> None:
+        """Fetch the rest of a catch-up that did not fit in one history frame."""
+        with contextlib.suppress(Disconnected, ClientRequestError, TimeoutError):
+            while True:
+                page = await self.history(room_id, after_id=after_id, limit=100)
+                for message in page["messages"]:
+                    self._emit_message(message)
+                if not page["has_more"] or not page["messages"]:
+                    return
+                after_id = page["messages"][-1]["id"]
+
+    def _emit_message(self, message: dict[str, Any]) -> None:
+        room_id, message_id = message["room_id"], message["id"]
+        if room_id in self._rooms:
+            if message_id <= self._rooms[room_id]:
+                return  # already handed out
+            self._rooms[room_id] = message_id
+        self._events.put_nowait({"type": "new_message", "room_id": room_id, "message": message})
+
+    async def _write(self, frame: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send(orjson.dumps(frame).decode())
+
+    # -- requests ---------------------------------------------------------------
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send ``frame`` and return its direct reply; an ``error`` reply raises.
+
+        Raises :class:`Disconnected` when the connection drops before the reply came.
+        """
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        async with asyncio.timeout_at(deadline):
+            await self._connected.wait()
+            request_id = f"c{next(self._ids)}"
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                try:
+                    await self._write({**frame, "request_id": request_id})
+                except websockets.ConnectionClosed:
+                    raise Disconnected() from None
+                reply = await future
+            finally:
+                self._pending.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise ClientRequestError(reply)
+        return reply
+
+    async def subscribe(self, room_id: int, last_message_id: int | None = None) -> dict[str, Any]:
+        """Subscribe; with ``last_message_id`` the missed messages come out of the iteration."""
+        self._rooms.setdefault(room_id, last_message_id or 0)
+        frame: dict[str, Any] = {"type": "subscribe_room", "room_id": room_id}
+        if last_message_id is not None:
+            frame["last_message_id"] = last_message_id
+        return await self.request(frame)
+
+    async def unsubscribe(self, room_id: int) -> dict[str, Any]:
+        self._rooms.pop(room_id, None)
+        return await self.request({"type": "unsubscribe_room", "room_id": room_id})
+
+    async def send(self, room_id: int, content: str, *, reply_to: int | None = None,
+                   client_msg_id: str | None = None) -> dict[str, Any]:
+        """Send a message and wait for its ack; a send retried after a reconnect is stored once."""
+        frame: dict[str, Any] = {"type": "send_message", "room_id": room_id, "content": content,
+                                 "client_msg_id": client_msg_id or uuid.uuid4().hex}
+        if reply_to is not None:
+            frame["reply_to"] = reply_to
+        while True:
+            try:
+                reply = await self.request(frame)
+            except (Disconnected, websockets.ConnectionClosed):
+                if not self.reconnect or self._closing:
+                    raise
+                continue  # same client_msg_id: the server answers with the original if it was stored
+            message: dict[str, Any] = reply["message"]
+            return message
+
+    async def history(self, room_id: int, **paging: int) -> dict[str, Any]:
+        return await self.request({"type": "get_history", "room_id": room_id, **paging})
+
+    async def room_list(self) -> list[dict[str, Any]]:
+        reply = await self.request({"type": "get_room_list"})
+        rooms: list[dict[str, Any]] = reply["rooms"]
+        return rooms
+
+    async def mark_read(self, room_id: int, message_ids: list[int] | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "mark_read", "room_id": room_id}
+        if message_ids:
+            frame["message_ids"] = message_ids
+        return await self.request(frame)
+
+    async def ping(self) -> dict[str, Any]:
+        return await self.request({"type": "ping"})
+
+    # -- events -----------------------------------------------------------------
+
+    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            item = await self._events.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                yield await self.next_event()
+            except ConnectionLost:
+                return
