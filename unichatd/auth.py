@@ -34,29 +34,70 @@ class Identity:
     """The token's ``exp``, in seconds since the epoch."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """The keys tokens are checked against, and the one new tokens are signed with.
+
+    A token whose header names a ``kid`` is checked against that key alone; a token
+    without one against every key (the unnamed legacy key first), so tokens minted
+    before a rotation stay valid until they expire or their key is dropped.
+    """
+
+    signing: tuple[str | None, str]
+    """(kid, key) that signs new tokens: the newest named key, else the legacy key."""
+    named: dict[str, str]
+    legacy: str | None = None
+
+    @classmethod
+    def single(cls, key: str) -> KeyRing:
+        return cls((None, key), {}, key)
+
+    def candidates(self, token: str) -> list[str]:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return []
+        if kid is not None:
+            key = self.named.get(kid) if isinstance(kid, str) else None
+            return [key] if key is not None else []
+        legacy = [self.legacy] if self.legacy is not None else []
+        return legacy + list(self.named.values())
+
+
 def mint_token(
-    key: str, user_id: int, username: str, *, first_name: str = "", ttl: int = 86400
+    key: str | KeyRing, user_id: int, username: str, *, first_name: str = "", ttl: int = 86400
 ) -> str:
+    ring = key if isinstance(key, KeyRing) else KeyRing.single(key)
+    kid, secret = ring.signing
     now = int(time.time())
     claims: dict[str, object] = {"sub": str(user_id), "name": username, "iat": now, "exp": now + ttl}
     if first_name:
         claims["first_name"] = first_name
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(claims, secret, algorithm=ALGORITHM, headers=headers)
 
 
-def verify_token(token: str, key: str) -> Identity:
+def verify_token(token: str, key: str | KeyRing) -> Identity:
     """Check signature, algorithm and times; return the identity or raise :class:`AuthError`."""
-    try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise AuthError(TOKEN_EXPIRED) from None
-    except jwt.PyJWTError:
-        raise AuthError(AUTH_REQUIRED) from None
+    ring = key if isinstance(key, KeyRing) else KeyRing.single(key)
+    claims: dict[str, object] | None = None
+    for secret in ring.candidates(token):
+        try:
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["sub", "exp"]},
+            )
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError:
+            raise AuthError(TOKEN_EXPIRED) from None
+        except jwt.PyJWTError:
+            raise AuthError(AUTH_REQUIRED) from None
+    if claims is None:
+        raise AuthError(AUTH_REQUIRED)
     sub, name, first_name = claims.get("sub"), claims.get("name"), claims.get("first_name", "")
     if not isinstance(sub, str) or not sub.isascii() or not sub.isdecimal():
         raise AuthError(AUTH_REQUIRED)

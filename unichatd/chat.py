@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import protocol
+from .auth import KeyRing
 from .config import Config
 from .errors import ClientError, RateLimited
 from .hub import Hub
@@ -51,11 +52,11 @@ class Stats:
 
 class Chat:
     def __init__(
-        self, config: Config, store: Store, signing_key: str, hub: Hub[Session] | None = None
+        self, config: Config, store: Store, keyring: KeyRing, hub: Hub[Session] | None = None
     ) -> None:
         self.config = config
         self.store = store
-        self.signing_key = signing_key
+        self.keyring = keyring
         self.hub: Hub[Session] = hub if hub is not None else Hub()
         self.directory = RoomDirectory()
         self.stats = Stats()
@@ -85,6 +86,16 @@ class Chat:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_room_updates()
+
+    def reconfigure(self, config: Config, keyring: KeyRing) -> None:
+        """Take reloaded limits and keys; buckets already handed out adopt the new rates."""
+        self.config, self.keyring = config, keyring
+        limits = config.limits
+        for bucket in self._send_buckets.values():
+            bucket.rate, bucket.burst = limits.messages_per_second, limits.message_burst
+        for user_id in self.hub.online_users():
+            for session in self.hub.connections_of(user_id):
+                session.apply_limits()
 
     # -- connections -----------------------------------------------------------
 

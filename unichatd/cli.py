@@ -21,7 +21,7 @@ from .auth import mint_token
 from .config import (
     Config,
     load_config,
-    load_signing_key,
+    load_keyring,
     render_config,
     with_overrides,
     write_private_file,
@@ -165,7 +165,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     config = with_overrides(config, host=args.host, port=args.port, database=args.db)
     configure_logging(config.log)
-    key = load_signing_key(config, create=True)
+    keys = load_keyring(config, create=True)
     import structlog
 
     log = structlog.get_logger("unichatd.cli")
@@ -173,7 +173,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         log.warning("config.embedded_defaults", key_file=str(config.key_path),
                     database=str(config.database_path))
     try:
-        run(config, key)
+        run(config, keys)
     except OSError as exc:
         raise _Failure(f"cannot serve on {config.server.host}:{config.server.port}: "
                        f"{exc.strerror or exc}") from None
@@ -181,15 +181,15 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
-    load_signing_key(config, create=False)
+    load_keyring(config, create=False)
     print(f"{config.source}: ok", file=sys.stderr)
     return EXIT_OK
 
 
 def _token(config: Config, args: argparse.Namespace) -> int:
-    key = load_signing_key(config, create=True)
+    keys = load_keyring(config, create=True)
     ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
-    print(mint_token(key, args.user_id, args.name, first_name=args.first_name, ttl=ttl))
+    print(mint_token(keys, args.user_id, args.name, first_name=args.first_name, ttl=ttl))
     return EXIT_OK
 
 
@@ -268,7 +268,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 def _client_for(config: Config, user_id: int) -> tuple[str, str]:
     """The server's URL and a short-lived token for ``user_id`` under their stored name."""
-    key = load_signing_key(config, create=False)
+    keys = load_keyring(config, create=False)
     admin = AdminStore(config.database_path)
     try:
         username, first_name = admin.user_names(user_id)
@@ -280,7 +280,7 @@ def _client_for(config: Config, user_id: int) -> tuple[str, str]:
     if ":" in host:
         host = f"[{host}]"
     url = f"ws://{host}:{config.server.port}{config.server.path}"
-    return url, mint_token(key, user_id, username, first_name=first_name, ttl=3600)
+    return url, mint_token(keys, user_id, username, first_name=first_name, ttl=3600)
 
 
 def _send(config: Config, args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .auth import KeyRing
 from .errors import ConfigError
 
 LogFormat = Literal["json", "console"]
@@ -46,10 +47,21 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedKey:
+    """One entry of ``[[auth.signing_keys]]``: a key with an id, inline or in a file."""
+
+    id: str
+    key: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     signing_key: str = ""
     signing_key_file: str = ""
     token_ttl: int = 86400
+    signing_keys: tuple[NamedKey, ...] = ()
+    """Keys with ids (tokens carry ``kid``); the last one signs, all of them verify."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +203,8 @@ def _parse_section(name: str, table: dict[str, Any], cls: type[Any], source: str
 
 
 def _check_value(dotted: str, value: Any, default: Any, source: str) -> Any:
+    if dotted == "auth.signing_keys":
+        return _named_keys(value, source)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ConfigError(source, dotted, "must be a list of strings")
@@ -218,6 +232,31 @@ def _check_value(dotted: str, value: Any, default: Any, source: str) -> Any:
     if choices is not None and value not in choices:
         raise ConfigError(source, dotted, "must be one of " + ", ".join(map(repr, choices)))
     return value
+
+
+def _named_keys(value: Any, source: str) -> tuple[NamedKey, ...]:
+    key_name = "auth.signing_keys"
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(source, key_name, "must be an array of tables ([[auth.signing_keys]])")
+    keys: list[NamedKey] = []
+    for index, item in enumerate(value):
+        where = f"{key_name}[{index}]"
+        unknown = set(item) - {"id", "key", "key_file"}
+        if unknown:
+            raise ConfigError(source, f"{where}.{sorted(unknown)[0]}", "unknown key")
+        kid, key, key_file = item.get("id"), item.get("key", ""), item.get("key_file", "")
+        if not isinstance(kid, str) or not kid:
+            raise ConfigError(source, f"{where}.id", "must be a non-empty string")
+        if not isinstance(key, str) or not isinstance(key_file, str):
+            raise ConfigError(source, where, "key and key_file must be strings")
+        if bool(key) == bool(key_file):
+            raise ConfigError(source, where, "set exactly one of key and key_file")
+        if key and len(key.encode()) < MIN_KEY_BYTES:
+            raise ConfigError(source, f"{where}.key", f"must be at least {MIN_KEY_BYTES} bytes")
+        if any(existing.id == kid for existing in keys):
+            raise ConfigError(source, f"{where}.id", f"duplicate key id {kid!r}")
+        keys.append(NamedKey(kid, key, key_file))
+    return tuple(keys)
 
 
 def _type_name(default: Any) -> str:
@@ -249,6 +288,32 @@ def load_signing_key(config: Config, *, create: bool) -> str:
             config.source, key_name, f"key in {path} must be at least {MIN_KEY_BYTES} bytes"
         )
     return key
+
+
+def load_keyring(config: Config, *, create: bool) -> KeyRing:
+    """Every key tokens are checked against; see :class:`~unichatd.auth.KeyRing`."""
+    named = config.auth.signing_keys
+    if not named:
+        return KeyRing.single(load_signing_key(config, create=create))
+    keys: dict[str, str] = {}
+    for index, entry in enumerate(named):
+        if entry.key:
+            keys[entry.id] = entry.key
+            continue
+        path = config.resolve(entry.key_file)
+        where = f"auth.signing_keys[{index}].key_file"
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(config.source, where, f"cannot read key file {path}: {exc}") from None
+        if len(secret.encode()) < MIN_KEY_BYTES:
+            raise ConfigError(config.source, where, f"key in {path} must be at least {MIN_KEY_BYTES} bytes")
+        keys[entry.id] = secret
+    legacy = None
+    if config.auth.signing_key or config.auth.signing_key_file:
+        legacy = load_signing_key(config, create=False)
+    newest = named[-1].id
+    return KeyRing((newest, keys[newest]), keys, legacy)
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -294,6 +359,11 @@ send_buffer_bytes = 1048576       # unsent bytes per connection before it is clo
 signing_key = "{signing_key}"  # HS256 key, at least 32 bytes; or:
 # signing_key_file = "unichatd.key"  # a file holding the key (the default when neither is set)
 token_ttl = 86400                 # default lifetime of `unichatd token`, in seconds
+# Key rotation: keys with ids; tokens carry the id as `kid`; the last entry signs new
+# tokens, every entry (and signing_key, if set) verifies. SIGHUP reloads them.
+# [[auth.signing_keys]]
+# id = "2026-11"
+# key_file = "keys/2026-11.key"
 
 [storage]
 database = "unichatd.db"          # SQLite file

@@ -56,6 +56,9 @@ class Hub(Generic[S]):
     def connections_of(self, user_id: int) -> Iterable[S]:
         return tuple(self._users.get(user_id, ()))
 
+    def online_users(self) -> tuple[int, ...]:
+        return tuple(self._users)
+
     def is_online(self, user_id: int) -> bool:
         return user_id in self._users
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http
 import itertools
 import os
@@ -30,10 +31,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from .auth import AUTH_REQUIRED, Identity, token_from_handshake, verify_token
+from .auth import AUTH_REQUIRED, Identity, KeyRing, token_from_handshake, verify_token
 from .chat import Chat
-from .config import Config
-from .errors import AuthError
+from .config import EMBEDDED, Config
+from .errors import AuthError, ConfigError
 from .session import CLOSE_AUTH, CLOSE_POLICY, Session
 from .store import Store
 
@@ -50,12 +51,12 @@ class _Connection(ServerConnection):
 
 
 class _ConnectionSink:
-    __slots__ = ("_conn", "_limit", "_server", "closed")
+    __slots__ = ("_conn", "_server", "_limit", "closed")
 
-    def __init__(self, conn: ServerConnection, limit: int, server: UnichatServer) -> None:
+    def __init__(self, conn: ServerConnection, server: UnichatServer, limit: int) -> None:
         self._conn = conn
-        self._limit = limit
         self._server = server
+        self._limit = limit
         self.closed = False
 
     def send(self, frame: bytes) -> None:
@@ -78,11 +79,11 @@ class _ConnectionSink:
 class UnichatServer:
     """A running unichatd: store, chat service, listening socket."""
 
-    def __init__(self, config: Config, signing_key: str) -> None:
+    def __init__(self, config: Config, keys: str | KeyRing) -> None:
         self.config = config
-        self.signing_key = signing_key
+        self.keyring = keys if isinstance(keys, KeyRing) else KeyRing.single(keys)
         self.store = Store(config.database_path)
-        self.chat = Chat(config, self.store, signing_key)
+        self.chat = Chat(config, self.store, self.keyring)
         self._ws: Server | None = None
         self._started = time.monotonic()
         self._conn_ids = itertools.count(1)
@@ -138,6 +139,9 @@ class UnichatServer:
         log.info("server.listening", host=server_config.host, port=self.port,
                  path=server_config.path, database=str(self.config.database_path))
         notify_systemd("READY=1")
+        watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
+        if watchdog_usec.isdigit() and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
+            self.spawn(_watchdog(int(watchdog_usec) / 1e6 / 2))
 
     async def stop(self) -> None:
         """Shut down in order, each step bounded."""
@@ -161,6 +165,44 @@ class UnichatServer:
             with contextlib.suppress(OSError):
                 self.config.resolve(self.config.server.pid_file).unlink()
         log.info("server.stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change without a restart.
+
+        Log level and format, limits, allowed origins, connection limits, the send buffer
+        and the signing keys change at once; the address, path, database and ping times
+        need a restart (a warning names them).  A config that fails validation is ignored
+        and logged; the server keeps running on the previous one.
+        """
+        from .config import load_config, load_keyring
+        from .log import configure_logging
+
+        current = self.config
+        try:
+            fresh = load_config(None if current.source == EMBEDDED else current.source)
+            keyring = load_keyring(fresh, create=False)
+        except ConfigError as exc:
+            log.error("config.reload_failed", error=str(exc))
+            return
+        old_server, new_server = current.server, fresh.server
+        fixed = [name for name in ("host", "port", "path", "max_message_bytes", "ping_interval",
+                                   "ping_timeout", "pid_file")
+                 if getattr(new_server, name) != getattr(old_server, name)]
+        if fresh.database_path != current.database_path:
+            fixed.append("storage.database")
+        if fixed:
+            log.warning("config.reload_needs_restart", keys=fixed)
+        server = dataclasses.replace(
+            new_server, **{name: getattr(old_server, name) for name in
+                           ("host", "port", "path", "max_message_bytes", "ping_interval",
+                            "ping_timeout", "pid_file")}
+        )
+        self.config = dataclasses.replace(fresh, server=server, storage=current.storage,
+                                          base_dir=current.base_dir)
+        self.keyring = keyring
+        self.chat.reconfigure(self.config, keyring)
+        configure_logging(self.config.log)
+        log.info("config.reloaded", source=self.config.source, keys=len(keyring.named) or 1)
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -194,7 +236,7 @@ class UnichatServer:
         try:
             if token is None:
                 raise AuthError(AUTH_REQUIRED)
-            auth = verify_token(token, self.signing_key)
+            auth = verify_token(token, self.keyring)
         except AuthError as exc:
             auth = exc
         else:
@@ -220,7 +262,7 @@ class UnichatServer:
             await connection.close(CLOSE_AUTH, reason)
             return
         conn_id = next(self._conn_ids)
-        sink = _ConnectionSink(connection, self.config.server.send_buffer_bytes, self)
+        sink = _ConnectionSink(connection, self, self.config.server.send_buffer_bytes)
         session = Session(conn_id, auth, sink, self.chat)
         bound = log.bind(conn_id=conn_id, user_id=auth.user_id)
         bound.info("connection.opened", remote=_remote(connection))
@@ -309,10 +351,16 @@ def notify_systemd(state: str) -> None:
         log.warning("systemd.notify_failed", error=str(exc))
 
 
-async def serve_forever(config: Config, signing_key: str) -> None:
-    """Run until SIGTERM or SIGINT; a second signal exits at once."""
-    server = UnichatServer(config, signing_key)
-    await server.start()
+async def _watchdog(interval: float) -> None:
+    """Tell systemd we are alive; a stuck event loop stops these and gets us restarted."""
+    while True:
+        notify_systemd("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+async def serve_forever(config: Config, keys: KeyRing) -> None:
+    """Run until SIGTERM or SIGINT (a second one exits at once); SIGHUP reloads the config."""
+    server = UnichatServer(config, keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -323,18 +371,21 @@ async def serve_forever(config: Config, signing_key: str) -> None:
         log.info("server.signal", signal=signal.Signals(signum).name)
         stop.set()
 
+    # Handlers first: systemd may send SIGTERM the moment READY=1 is out.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.start()
     try:
         await stop.wait()
     finally:
         await server.stop()
 
 
-def run(config: Config, signing_key: str) -> None:
+def run(config: Config, keys: KeyRing) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve_forever(config, signing_key))
+        asyncio.run(serve_forever(config, keys))
     else:
-        uvloop.run(serve_forever(config, signing_key))
+        uvloop.run(serve_forever(config, keys))

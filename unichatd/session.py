@@ -65,6 +65,13 @@ class Session:
     def user_id(self) -> int:
         return self.identity.user_id
 
+    def apply_limits(self) -> None:
+        """Adopt the chat's current frame limits (after a config reload)."""
+        limits = self.chat.config.limits
+        self._frames.rate, self._frames.burst = limits.frames_per_second, limits.frame_burst
+        self._frame_flood.limit = 2 * limits.frame_burst
+        self._send_flood.limit = 2 * limits.message_burst
+
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
@@ -219,7 +226,7 @@ class Session:
 
     def _refresh_token(self, request: protocol.RefreshToken) -> None:
         try:
-            identity = verify_token(request.token, self.chat.signing_key)
+            identity = verify_token(request.token, self.chat.keyring)
         except AuthError as exc:
             raise ClientError("invalid_message", f"token refused: {exc.reason}") from None
         if identity.user_id != self.user_id:
