@@ -152,7 +152,8 @@ def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path) -> None:
         daemon.proc.send_signal(signal.SIGHUP)
         assert _wait_for(lambda: _connect_status(daemon.url, new_token) == "open")
         assert _connect_status(daemon.url, old_token) == "open"  # the legacy key still verifies
-        assert _connect_status(daemon.url, old_token, origin="https://evil.example") == http.HTTPStatus.FORBIDDEN
+        refused = _connect_status(daemon.url, old_token, origin="https://evil.example")
+        assert refused == http.HTTPStatus.FORBIDDEN
         assert _connect_status(daemon.url, old_token, origin="https://chat.example") == "open"
         assert daemon.proc.poll() is None
     finally:
