@@ -223,3 +223,59 @@ def test_signing_keys_config_errors_name_the_entry(tmp_path: Path) -> None:
     config.write_text(f'[auth]\n[[auth.signing_keys]]\nid = "a"\nkey = "{OTHER_KEY}"\nkey_file = "x"\n')
     completed = run_cli("check-config", "--config", str(config), cwd=tmp_path)
     assert completed.returncode == 2 and "auth.signing_keys[0]" in completed.stderr
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        exc.close()
+        return exc.code, body
+
+
+@pytest.mark.asyncio
+async def test_metrics_histograms_and_counters_follow_traffic(tmp_path: Path) -> None:
+    """After a message, /metrics shows it stored and delivered, and the write-latency histogram counts."""
+    running = await start_server(make_config(tmp_path))
+    try:
+        room = await running.create_room("ops", [1, 2])
+        reader, writer = await running.connect(1), await running.connect(2)
+        await reader.request({"type": "subscribe_room", "room_id": room}, "subscribed")
+        await writer.request({"type": "send_message", "room_id": room, "content": "x"}, "message_ack")
+        await reader.recv_type("new_message")
+        status, body = await asyncio.to_thread(_get, f"{running.http_url}/metrics")
+        await reader.close()
+        await writer.close()
+    finally:
+        await running.server.stop()
+    assert status == 200
+    lines = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
+    assert float(lines["unichatd_messages_stored_total"]) == 1
+    assert float(lines["unichatd_messages_delivered_total"]) == 1
+    assert float(lines["unichatd_subscriptions"]) == 1
+    assert float(lines["unichatd_db_write_seconds_count"]) >= 1
+    assert 'unichatd_db_write_batch_size_bucket{le="+Inf"}' in lines
+    assert "unichatd_event_loop_lag_seconds_count" in lines
+
+
+@pytest.mark.asyncio
+async def test_metrics_token_is_required_when_configured(tmp_path: Path) -> None:
+    """With server.metrics_token set, /metrics answers 401 without the bearer token and 200 with it."""
+    running = await start_server(make_config(tmp_path, server={"metrics_token": "s3cret",
+                                                               "metrics_loopback_only": True}))
+    try:
+        url = f"{running.http_url}/metrics"
+        denied, _ = await asyncio.to_thread(_get, url)
+        wrong, _ = await asyncio.to_thread(_get, url, {"Authorization": "Bearer nope"})
+        allowed, body = await asyncio.to_thread(_get, url, {"Authorization": "Bearer s3cret"})
+        health, _ = await asyncio.to_thread(_get, f"{running.http_url}/healthz")
+    finally:
+        await running.server.stop()
+    assert (denied, wrong, allowed, health) == (401, 401, 200, 200)
+    assert "unichatd_connections" in body

@@ -43,9 +43,12 @@ class Stats:
 
     def __init__(self) -> None:
         self.messages_stored = 0
+        self.deliveries = 0
+        """new_message frames handed to subscribers."""
         self.errors: Counter[str] = Counter()
         self.slow_consumer_closes = 0
         self.flood_closes = 0
+        self.rate_limited = 0
         self.room_updates = 0
         self.connections_refused: Counter[str] = Counter()
 
@@ -180,7 +183,7 @@ class Chat:
         self.directory.record_message(message)
         if (message.room_id, message.sender_id) in self._typing:
             self._stop_typing(message.room_id, message.sender_id, message.sender_username)
-        self.hub.publish(
+        self.stats.deliveries += self.hub.publish(
             message.room_id, protocol.new_message_frame(message), message_id=message.id
         )
         self.room_changed(message.room_id)

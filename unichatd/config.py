@@ -44,6 +44,10 @@ class ServerConfig:
     """Handshakes beyond this many connections of one user get HTTP 429."""
     send_buffer_bytes: int = 1 << 20
     """Unsent bytes a connection may hold before it is closed as a slow consumer."""
+    metrics_loopback_only: bool = False
+    """Serve /metrics only to clients on 127.0.0.0/8 or ::1."""
+    metrics_token: str = ""
+    """When set, /metrics requires ``Authorization: Bearer <metrics_token>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +358,8 @@ pid_file = ""                     # written by `serve` when set, used by `stop`
 max_connections = 19000           # open connections; further handshakes get HTTP 503
 max_connections_per_user = 32     # per user; further handshakes get HTTP 429
 send_buffer_bytes = 1048576       # unsent bytes per connection before it is closed (1008)
+metrics_loopback_only = false     # serve /metrics to 127.0.0.0/8 and ::1 only
+metrics_token = ""                # when set, /metrics requires "Authorization: Bearer <token>"
 
 [auth]
 signing_key = "{signing_key}"  # HS256 key, at least 32 bytes; or:

@@ -35,7 +35,7 @@ class Hub(Generic[S]):
         self._users: dict[int, dict[S, None]] = {}
         self._memberships: dict[S, set[int]] = {}
         self.deliveries = 0
-        """Frames handed to subscribers by :meth:`publish` (for metrics)."""
+        """Frames handed to subscribers by :meth:`publish`, of every kind."""
 
     # -- connections -----------------------------------------------------------
 
@@ -102,6 +102,10 @@ class Hub(Generic[S]):
 
     def subscribers(self, room_id: int) -> tuple[S, ...]:
         return tuple(self._rooms.get(room_id, ()))
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(listeners) for listeners in self._rooms.values())
 
     @property
     def active_rooms(self) -> int:

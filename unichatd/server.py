@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import http
 import itertools
 import os
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -35,6 +36,7 @@ from .auth import AUTH_REQUIRED, Identity, KeyRing, token_from_handshake, verify
 from .chat import Chat
 from .config import EMBEDDED, Config
 from .errors import AuthError, ConfigError
+from .metrics import Histogram, LoopLagMonitor
 from .session import CLOSE_AUTH, CLOSE_POLICY, Session
 from .store import Store
 
@@ -88,6 +90,7 @@ class UnichatServer:
         self._started = time.monotonic()
         self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag = LoopLagMonitor()
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(_MetricsCollector(self))
 
@@ -133,6 +136,7 @@ class UnichatServer:
             server_header="unichatd",
             create_connection=_Connection,
         )
+        self.spawn(self.loop_lag.run())
         # 3. tell whoever waits (pid file, systemd) that we listen.
         if server_config.pid_file:
             self.config.resolve(server_config.pid_file).write_text(f"{os.getpid()}\n")
@@ -214,9 +218,27 @@ class UnichatServer:
             body = orjson.dumps(self.chat.health(time.monotonic() - self._started))
             return _response(http.HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
+            refusal = self._metrics_refusal(connection, request)
+            if refusal is not None:
+                return refusal
             return _response(http.HTTPStatus.OK, generate_latest(self._registry),
                              "text/plain; version=0.0.4; charset=utf-8")
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+    def _metrics_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
+        server_config = self.config.server
+        if server_config.metrics_loopback_only:
+            address = connection.remote_address
+            host = address[0] if address else ""
+            if not (host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "Metrics are served to loopback only\n")
+        if server_config.metrics_token:
+            expected = f"Bearer {server_config.metrics_token}"
+            if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
+                response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Bearer token required\n")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return None
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server
@@ -310,7 +332,7 @@ class _MetricsCollector(Collector):
         yield CounterMetricFamily("unichatd_messages_stored", "Messages committed.",
                                   value=stats.messages_stored)
         yield CounterMetricFamily("unichatd_messages_delivered",
-                                  "Frames fanned out to room subscribers.", value=hub.deliveries)
+                                  "new_message frames handed to room subscribers.", value=stats.deliveries)
         yield CounterMetricFamily("unichatd_room_updates_sent", "room_updated frames sent.",
                                   value=stats.room_updates)
         errors = CounterMetricFamily("unichatd_errors", "Error frames sent, by code.",
@@ -329,11 +351,21 @@ class _MetricsCollector(Collector):
         yield CounterMetricFamily("unichatd_flood_closes",
                                   "Connections closed for flooding after rate limiting.",
                                   value=stats.flood_closes)
-        yield CounterMetricFamily("unichatd_db_write_batches", "Group-commit transactions.",
-                                  value=store.batches)
-        yield CounterMetricFamily("unichatd_db_write_seconds",
-                                  "Time spent in group-commit transactions.",
-                                  value=store.write_seconds)
+        yield GaugeMetricFamily("unichatd_subscriptions", "Room subscriptions of open connections.",
+                                value=hub.subscription_count)
+        yield CounterMetricFamily("unichatd_rate_limited", "Requests refused with rate_limited.",
+                                  value=stats.rate_limited)
+        yield _histogram("unichatd_db_write_batch_size", "Operations per group-commit transaction.",
+                         store.batch_sizes)
+        yield _histogram("unichatd_db_write_seconds", "Group-commit transaction latency.",
+                         store.write_latency)
+        yield _histogram("unichatd_event_loop_lag_seconds", "How late the event loop wakes a timer.",
+                         self._server.loop_lag.histogram)
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.buckets(),
+                                 sum_value=histogram.total)
 
 
 def notify_systemd(state: str) -> None:

@@ -110,7 +110,10 @@ class Session:
         self.send(frame)
 
     def send_error(self, error: ClientError) -> None:
-        self.chat.stats.errors[error.code] += 1
+        stats = self.chat.stats
+        stats.errors[error.code] += 1
+        if isinstance(error, RateLimited):
+            stats.rate_limited += 1
         log.debug("error.sent", conn_id=self.conn_id, user_id=self.user_id, code=error.code)
         self.send(protocol.error_frame(error))
 

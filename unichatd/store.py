@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 
+from .metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from .protocol import Message
 
 PREVIEW_CHARS = 200
@@ -220,10 +221,10 @@ class Store:
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_id = 1
-        self.batches = 0
-        """Transactions committed by the writer (for metrics)."""
-        self.write_seconds = 0.0
-        """Total time spent in those transactions (for metrics)."""
+        self.batch_sizes = Histogram(BATCH_BOUNDS)
+        """Operations per group-commit transaction (for metrics)."""
+        self.write_latency = Histogram(LATENCY_BOUNDS)
+        """Seconds per group-commit transaction, thread hop included (for metrics)."""
 
     async def open(self) -> None:
         try:
@@ -312,8 +313,8 @@ class Store:
                         op.future.set_exception(StoreError(f"write failed: {exc}"))
                 continue
             finally:
-                self.batches += 1
-                self.write_seconds += time.perf_counter() - started
+                self.batch_sizes.observe(len(batch))
+                self.write_latency.observe(time.perf_counter() - started)
             for op, result in zip(batch, results, strict=True):
                 if not op.future.done():
                     op.future.set_result(result)
