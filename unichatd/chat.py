@@ -36,6 +36,8 @@ ROOM_UPDATE_WINDOW = 0.09
 """room_updated frames are coalesced over this window; the spec allows 100 ms."""
 MEMBERSHIP_POLL_INTERVAL = 0.5
 REMOVED_FROM_ROOM = "removed_from_room"
+RETENTION_BATCH = 500
+"""Messages deleted per transaction: small, so live writes never wait long behind retention."""
 
 
 class Stats:
@@ -69,6 +71,7 @@ class Chat:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._membership_log_id = 0
         self._poller: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -77,12 +80,14 @@ class Chat:
         self.directory.apply(snapshot)
         self._membership_log_id = snapshot.membership_log_id
         self._poller = asyncio.create_task(self._poll_membership(), name="unichatd-membership")
+        self._retention = asyncio.create_task(self._run_retention(), name="unichatd-retention")
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for handle in self._typing.values():
             handle.cancel()
         self._typing.clear()
@@ -303,6 +308,47 @@ class Chat:
                     session.send(protocol.unsubscribed_frame(room_id, None, REMOVED_FROM_ROOM))
             if (room_id, user_id) in self._typing:
                 self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
+
+    # -- retention -----------------------------------------------------------------
+
+    def retention_days(self, room_id: int) -> float:
+        storage = self.config.storage
+        return dict(storage.room_retention_days).get(room_id, storage.retention_days)
+
+    async def _run_retention(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except Exception:
+                log.exception("retention.failed")
+            await asyncio.sleep(self.config.storage.retention_interval)
+
+    async def apply_retention(self, now_ms: int | None = None) -> int:
+        """One pass: delete what each room's retention allows, in small batches."""
+        now_ms = protocol.now_ms() if now_ms is None else now_ms
+        total = 0
+        for room_id in tuple(self.directory.rooms):
+            days = self.retention_days(room_id)
+            if days <= 0:
+                continue
+            cutoff = now_ms - int(days * 86_400_000)
+            deleted_here = 0
+            while True:
+                deleted = await self.store.prune(room_id, cutoff, RETENTION_BATCH)
+                deleted_here += deleted
+                if deleted < RETENTION_BATCH:
+                    break
+            if deleted_here:
+                # Unread counts and the last message may have changed: reload them exactly.
+                self.directory.apply(await self.store.load_rooms([room_id]))
+                self.room_changed(room_id)
+                log.info("retention.pruned", room_id=room_id, deleted=deleted_here)
+                total += deleted_here
+        return total
+
+    def pruned_through(self, room_id: int) -> int:
+        room = self.directory.rooms.get(room_id)
+        return room.pruned_through if room is not None else 0
 
     # -- reads -------------------------------------------------------------------
 

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also print the messages after this id")
     tail.add_argument("--json", action="store_true", help="one JSON message object a line")
 
+    backup = commands.add_parser("backup", parents=[config_option],
+                                 help="write a consistent copy of the database (safe while serving)")
+    backup.add_argument("path", metavar="PATH")
+    export = commands.add_parser("export", parents=[config_option],
+                                 help="print a room's messages as JSON Lines, oldest first")
+    export.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
+
     commands.add_parser("stop", parents=[config_option], help="stop the running server")
     commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
     return parser
@@ -222,6 +229,37 @@ def _print_rooms(store: AdminStore) -> None:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
               + "  " + row[4])
+
+
+def _backup(config: Config, args: argparse.Namespace) -> int:
+    target = Path(args.path).resolve()
+    if target.exists():
+        raise _Failure(f"{target} already exists; refusing to overwrite")
+    store = AdminStore(config.database_path)
+    try:
+        store.backup(target)
+    finally:
+        store.close()
+    print(target)
+    return EXIT_OK
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    import orjson
+
+    store = AdminStore(config.database_path)
+    try:
+        if not store.room_exists(args.room_id):
+            raise _Failure(f"room {args.room_id} does not exist")
+        out = sys.stdout.buffer
+        for message in store.export_room(args.room_id):
+            out.write(orjson.dumps(message.to_wire()) + b"\n")
+        out.flush()
+    except BrokenPipeError:  # `unichatd export 1 | head` is fine; keep Python's exit quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        store.close()
+    return EXIT_OK
 
 
 def _stop(config: Config, args: argparse.Namespace) -> int:
@@ -344,6 +382,8 @@ _COMMANDS = {
     "check-config": _check_config,
     "token": _token,
     "room": _room,
+    "backup": _backup,
+    "export": _export,
     "send": _send,
     "tail": _tail,
     "stop": _stop,

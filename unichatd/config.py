@@ -71,6 +71,12 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     database: str = "unichatd.db"
+    retention_days: float = 0.0
+    """Delete messages older than this many days; 0 keeps them forever."""
+    room_retention_days: tuple[tuple[int, float], ...] = ()
+    """Per-room overrides of ``retention_days`` (room id, days; 0 keeps forever)."""
+    retention_interval: float = 300.0
+    """Seconds between retention passes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "server.max_connections_per_user": (1, None),
     "server.send_buffer_bytes": (4096, None),
     "auth.token_ttl": (1, None),
+    "storage.retention_days": (0, None),
+    "storage.retention_interval": (1, None),
     "limits.messages_per_second": (0.001, None),
     "limits.message_burst": (1, None),
     "limits.max_content_chars": (1, 1_000_000),
@@ -209,6 +217,8 @@ def _parse_section(name: str, table: dict[str, Any], cls: type[Any], source: str
 def _check_value(dotted: str, value: Any, default: Any, source: str) -> Any:
     if dotted == "auth.signing_keys":
         return _named_keys(value, source)
+    if dotted == "storage.room_retention_days":
+        return _room_days(value, source)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ConfigError(source, dotted, "must be a list of strings")
@@ -236,6 +246,20 @@ def _check_value(dotted: str, value: Any, default: Any, source: str) -> Any:
     if choices is not None and value not in choices:
         raise ConfigError(source, dotted, "must be one of " + ", ".join(map(repr, choices)))
     return value
+
+
+def _room_days(value: Any, source: str) -> tuple[tuple[int, float], ...]:
+    key_name = "storage.room_retention_days"
+    if not isinstance(value, dict):
+        raise ConfigError(source, key_name, 'must be a table of room id = days, e.g. { "12" = 30 }')
+    result = []
+    for room, days in value.items():
+        if not room.isascii() or not room.isdecimal() or int(room) < 1:
+            raise ConfigError(source, f"{key_name}.{room}", "must be a room id")
+        if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
+            raise ConfigError(source, f"{key_name}.{room}", "must be a number of days, at least 0")
+        result.append((int(room), float(days)))
+    return tuple(sorted(result))
 
 
 def _named_keys(value: Any, source: str) -> tuple[NamedKey, ...]:
@@ -373,6 +397,9 @@ token_ttl = 86400                 # default lifetime of `unichatd token`, in sec
 
 [storage]
 database = "unichatd.db"          # SQLite file
+retention_days = 0                # delete messages older than this many days; 0 keeps them forever
+room_retention_days = {}          # per-room overrides, e.g. { "12" = 7 }
+retention_interval = 300          # seconds between retention passes
 
 [limits]
 messages_per_second = 10          # send_message rate per user, all connections together

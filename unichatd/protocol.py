@@ -405,13 +405,20 @@ def room_list_frame(rooms: list[dict[str, Any]], request_id: RequestId) -> bytes
 
 
 def history_frame(
-    room_id: int, messages: Sequence[Message], has_more: bool, request_id: RequestId
+    room_id: int,
+    messages: Sequence[Message],
+    has_more: bool,
+    request_id: RequestId,
+    *,
+    truncated: bool = False,
 ) -> bytes:
-    return encode(
-        "history",
-        {"room_id": room_id, "messages": [m.to_wire() for m in messages], "has_more": has_more},
-        request_id,
-    )
+    fields: dict[str, Any] = {
+        "room_id": room_id, "messages": [m.to_wire() for m in messages], "has_more": has_more
+    }
+    if truncated:
+        # Retention deleted messages inside the range asked for.
+        fields["truncated"] = True
+    return encode("history", fields, request_id)
 
 
 def pong_frame(request_id: RequestId) -> bytes:

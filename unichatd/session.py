@@ -194,7 +194,8 @@ class Session:
         log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id,
                   caught_up=len(messages))
         self.send(protocol.subscribed_frame(room_id, request.request_id))
-        self.send(protocol.history_frame(room_id, messages, has_more, None))
+        truncated = chat.pruned_through(room_id) > request.last_message_id
+        self.send(protocol.history_frame(room_id, messages, has_more, None, truncated=truncated))
         seen = messages[-1].id if messages else request.last_message_id
         for frame, message_id in held:
             if message_id is None or message_id > seen:
@@ -225,7 +226,13 @@ class Session:
             after_id=request.after_id,
             limit=request.limit,
         )
-        self.send(protocol.history_frame(request.room_id, messages, has_more, request.request_id))
+        pruned_through = self.chat.pruned_through(request.room_id)
+        if request.after_id is not None:
+            truncated = pruned_through > request.after_id
+        else:  # the page reached the oldest message left, and retention deleted older ones
+            truncated = not has_more and pruned_through > 0
+        self.send(protocol.history_frame(request.room_id, messages, has_more, request.request_id,
+                                         truncated=truncated))
 
     def _refresh_token(self, request: protocol.RefreshToken) -> None:
         try:

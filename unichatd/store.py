@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,6 +75,10 @@ _MIGRATIONS: tuple[str, ...] = (
         user_id INTEGER,
         change TEXT NOT NULL
     );
+    """,
+    # 2: retention remembers, per room, the newest message id it deleted.
+    """
+    ALTER TABLE rooms ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -144,6 +148,8 @@ class RoomRecord:
     unread: dict[int, int] = field(default_factory=dict)
     """participant user id → unread count."""
     last_message: Message | None = None
+    pruned_through: int = 0
+    """The newest message id retention deleted from this room (0: none)."""
 
 
 @dataclass(slots=True)
@@ -285,6 +291,14 @@ class Store:
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
         return self._submit("user", (user_id, username, first_name))
 
+    def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]:
+        """Delete up to ``limit`` of the room's oldest messages created before ``before_ms``.
+
+        Resolves to how many were deleted; a small ``limit`` keeps each transaction short,
+        so live writes queued meanwhile wait at most one such batch.
+        """
+        return self._submit("prune", (room_id, before_ms, limit))
+
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]:
         """Rooms, participants, markers, unread counts and last messages (all rooms if None).
 
@@ -353,6 +367,8 @@ class Store:
                     results.append(None)
                 elif op.kind == "load":
                     results.append(_load_rooms(conn, op.payload))
+                elif op.kind == "prune":
+                    results.append(_prune(conn, *op.payload))
                 else:  # pragma: no cover - the submitters above are the only ones
                     raise AssertionError(op.kind)
                 start += 1
@@ -468,6 +484,18 @@ def _insert_messages(
     return results, next_id
 
 
+def _prune(conn: sqlite3.Connection, room_id: int, before_ms: int, limit: int) -> int:
+    deleted = [row[0] for row in conn.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE room_id = ? AND created_ms < ? "
+        "ORDER BY id LIMIT ?) RETURNING id",
+        (room_id, before_ms, limit),
+    )]
+    if deleted:
+        conn.execute("UPDATE rooms SET pruned_through = MAX(pruned_through, ?) WHERE id = ?",
+                     (max(deleted), room_id))
+    return len(deleted)
+
+
 def _unread_count(conn: sqlite3.Connection, room_id: int, user_id: int, marker: int) -> int:
     row = conn.execute(
         "SELECT COUNT(*) FROM messages WHERE room_id = ? AND id > ? AND sender_id != ?",
@@ -514,10 +542,10 @@ def _load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> S
         where = f"WHERE id IN ({','.join('?' * len(room_ids))})"
         params = room_ids
     rooms: dict[int, RoomRecord] = {}
-    for room_id, name, room_type, created_ms in conn.execute(
-        f"SELECT id, name, room_type, created_ms FROM rooms {where}", params
+    for room_id, name, room_type, created_ms, pruned_through in conn.execute(
+        f"SELECT id, name, room_type, created_ms, pruned_through FROM rooms {where}", params
     ):
-        rooms[room_id] = RoomRecord(room_id, name, room_type, created_ms)
+        rooms[room_id] = RoomRecord(room_id, name, room_type, created_ms, pruned_through=pruned_through)
     user_ids: set[int] = set()
     for room_id, user_id, marker in conn.execute(
         f"SELECT room_id, user_id, last_read_id FROM participants "
@@ -672,6 +700,29 @@ class AdminStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the whole database, taken while the daemon keeps writing.
+
+        ``VACUUM INTO`` reads one snapshot (WAL lets writers go on) and writes a compact,
+        self-contained file; it refuses an existing target.
+        """
+        self.conn.execute("VACUUM INTO ?", (str(target),))
+
+    def export_room(self, room_id: int, *, chunk: int = 1000) -> Iterator[Message]:
+        """Every message of the room, oldest first, fetched ``chunk`` rows at a time."""
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id "
+                "WHERE m.room_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+                (room_id, after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _message(row)
+            after = rows[-1][0]
 
     def user_names(self, user_id: int) -> tuple[str, str]:
         """(username, first_name) as last seen in a token, or the placeholder name."""
