@@ -279,3 +279,36 @@ async def test_metrics_token_is_required_when_configured(tmp_path: Path) -> None
         await running.server.stop()
     assert (denied, wrong, allowed, health) == (401, 401, 200, 200)
     assert "unichatd_connections" in body
+
+
+@pytest.mark.asyncio
+async def test_help_lists_every_request_type_with_its_fields(tmp_path: Path) -> None:
+    """`help` answers with every request type the server parses, its fields and its reply."""
+    from unichatd.protocol import REQUEST_TYPES
+
+    running = await start_server(make_config(tmp_path))
+    try:
+        client = await running.connect(1)
+        reply = await client.request({"type": "help", "request_id": "h"}, "help")
+        await client.close()
+    finally:
+        await running.server.stop()
+    assert reply["request_id"] == "h"
+    assert set(reply["requests"]) == set(REQUEST_TYPES)
+    assert reply["requests"]["send_message"]["fields"]["content"] == "string"
+
+
+@pytest.mark.asyncio
+async def test_whoami_tells_the_user_and_subscriptions(tmp_path: Path) -> None:
+    """`whoami` answers with the token's user and the connection's subscriptions."""
+    running = await start_server(make_config(tmp_path))
+    try:
+        room = await running.create_room("ops", [7])
+        client = await running.connect(7, "grace")
+        await client.request({"type": "subscribe_room", "room_id": room}, "subscribed")
+        reply = await client.request({"type": "whoami"}, "whoami")
+        await client.close()
+    finally:
+        await running.server.stop()
+    assert (reply["user_id"], reply["username"], reply["subscriptions"]) == (7, "grace", [room])
+    assert reply["expires_at"].endswith("Z")

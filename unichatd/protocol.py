@@ -95,6 +95,16 @@ class Ping:
     request_id: RequestId = None
 
 
+@dataclass(frozen=True, slots=True)
+class Help:
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    request_id: RequestId = None
+
+
 Request = (
     Subscribe
     | Unsubscribe
@@ -105,6 +115,8 @@ Request = (
     | GetHistory
     | RefreshToken
     | Ping
+    | Help
+    | WhoAmI
 )
 
 
@@ -251,6 +263,14 @@ def _parse_ping(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Ping
     return Ping(request_id)
 
 
+def _parse_help(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Help:
+    return Help(request_id)
+
+
+def _parse_whoami(frame: Mapping[str, Any], request_id: RequestId, _: int) -> WhoAmI:
+    return WhoAmI(request_id)
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any], RequestId, int], Request]] = {
     "subscribe_room": _parse_subscribe,
     "unsubscribe_room": _parse_unsubscribe,
@@ -262,6 +282,8 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], RequestId, int], Request]] = {
     "get_history": _parse_history,
     "refresh_token": _parse_refresh,
     "ping": _parse_ping,
+    "help": _parse_help,
+    "whoami": _parse_whoami,
 }
 REQUEST_TYPES = tuple(_PARSERS)
 
@@ -429,6 +451,46 @@ def token_refreshed_frame(expires_at: float, request_id: RequestId) -> bytes:
     return encode(
         "token_refreshed", {"expires_at": format_timestamp(int(expires_at * 1000))}, request_id
     )
+
+
+# What `help` answers: every request type, its fields, and its reply (for people at wscat).
+REQUEST_HELP: dict[str, dict[str, Any]] = {
+    "subscribe_room": {"fields": {"room_id": "int", "last_message_id": "int, optional"},
+                       "reply": "subscribed, then history when last_message_id is given"},
+    "unsubscribe_room": {"fields": {"room_id": "int"}, "reply": "unsubscribed"},
+    "send_message": {"fields": {"room_id": "int", "content": "string",
+                                "reply_to": "message id, optional",
+                                "client_msg_id": "string of at most 64 characters, optional"},
+                     "reply": "message_ack"},
+    "mark_read": {"fields": {"room_id": "int", "message_ids": "list of ids, optional (absent = all)"},
+                  "reply": "read_marked"},
+    "typing": {"fields": {"room_id": "int"}, "reply": "none"},
+    "stop_typing": {"fields": {"room_id": "int"}, "reply": "none"},
+    "get_room_list": {"fields": {}, "reply": "room_list"},
+    "get_history": {"fields": {"room_id": "int", "before_id": "int, optional",
+                               "after_id": "int, optional", "limit": "1..100, default 50"},
+                    "reply": "history"},
+    "refresh_token": {"fields": {"token": "string"}, "reply": "token_refreshed"},
+    "ping": {"fields": {}, "reply": "pong"},
+    "help": {"fields": {}, "reply": "help"},
+    "whoami": {"fields": {}, "reply": "whoami"},
+}
+
+
+def help_frame(request_id: RequestId) -> bytes:
+    return encode("help", {"requests": REQUEST_HELP,
+                           "note": "every request may carry request_id (string or integer)"}, request_id)
+
+
+def whoami_frame(
+    user_id: int, username: str, first_name: str, subscriptions: Sequence[int], expires_at: float,
+    request_id: RequestId,
+) -> bytes:
+    return encode("whoami", {
+        "user_id": user_id, "username": username, "first_name": first_name,
+        "subscriptions": sorted(subscriptions),
+        "expires_at": format_timestamp(int(expires_at * 1000)),
+    }, request_id)
 
 
 def error_frame(error: ClientError) -> bytes:

@@ -248,6 +248,16 @@ class Session:
     def _ping(self, request: protocol.Ping) -> None:
         self.send(protocol.pong_frame(request.request_id))
 
+    def _help(self, request: protocol.Help) -> None:
+        self.send(protocol.help_frame(request.request_id))
+
+    def _whoami(self, request: protocol.WhoAmI) -> None:
+        identity = self.identity
+        self.send(protocol.whoami_frame(
+            identity.user_id, identity.username, identity.first_name,
+            tuple(self.chat.hub.rooms_of(self)), identity.expires_at, request.request_id,
+        ))
+
 
 _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.Subscribe: Session._subscribe,
@@ -259,4 +269,6 @@ _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.GetHistory: Session._history,
     protocol.RefreshToken: Session._refresh_token,
     protocol.Ping: Session._ping,
+    protocol.Help: Session._help,
+    protocol.WhoAmI: Session._whoami,
 }
