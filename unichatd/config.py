@@ -44,6 +44,8 @@ class ServerConfig:
     """Handshakes beyond this many connections of one user get HTTP 429."""
     send_buffer_bytes: int = 1 << 20
     """Unsent bytes a connection may hold before it is closed as a slow consumer."""
+    web_client: bool = True
+    """Serve the web chat client at ``/``."""
     metrics_loopback_only: bool = False
     """Serve /metrics only to clients on 127.0.0.0/8 or ::1."""
     metrics_token: str = ""
@@ -382,6 +384,7 @@ pid_file = ""                     # written by `serve` when set, used by `stop`
 max_connections = 19000           # open connections; further handshakes get HTTP 503
 max_connections_per_user = 32     # per user; further handshakes get HTTP 429
 send_buffer_bytes = 1048576       # unsent bytes per connection before it is closed (1008)
+web_client = true                 # serve the web chat client at /
 metrics_loopback_only = false     # serve /metrics to 127.0.0.0/8 and ::1 only
 metrics_token = ""                # when set, /metrics requires "Authorization: Bearer <token>"
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
+import html
 import http
+import importlib.resources
 import itertools
 import os
+import re
 import signal
 import socket
 import time
@@ -214,6 +218,8 @@ class UnichatServer:
         path = urlsplit(request.path).path
         if path == self.config.server.path:
             return self._check_handshake(connection, request)
+        if self.config.server.web_client and (path == "/" or path.startswith("/static/")):
+            return self._web_client(connection, request, path)
         if path == "/healthz":
             body = orjson.dumps(self.chat.health(time.monotonic() - self._started))
             return _response(http.HTTPStatus.OK, body, "application/json")
@@ -224,6 +230,28 @@ class UnichatServer:
             return _response(http.HTTPStatus.OK, generate_latest(self._registry),
                              "text/plain; version=0.0.4; charset=utf-8")
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+    def _web_client(self, connection: ServerConnection, request: Request, path: str) -> Response:
+        name = "index.html" if path == "/" else path.removeprefix("/static/")
+        body = _web_file(name)
+        if body is None:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+        content_type = _CONTENT_TYPES[name.rsplit(".", 1)[-1]]
+        if name == "index.html":
+            body = body.replace(b"{{WS_PATH}}", html.escape(self.config.server.path).encode())
+        response = _response(http.HTTPStatus.OK, body, content_type)
+        headers = response.headers
+        # The page may talk only to its own origin, WebSocket included; the token sits in
+        # sessionStorage, so no script from elsewhere may run here.
+        host = request.headers.get("Host", "")
+        ws_sources = f" ws://{host} wss://{host}" if _HOST_PATTERN.fullmatch(host) else ""
+        headers["Content-Security-Policy"] = (
+            f"default-src 'self'; connect-src 'self'{ws_sources}; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+        )
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     def _metrics_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server
@@ -301,6 +329,19 @@ class UnichatServer:
             session.closed_by_peer()
             bound.info("connection.closed", code=connection.close_code,
                        reason=connection.close_reason)
+
+
+_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
+                  "css": "text/css; charset=utf-8"}
+_WEB_FILES = ("index.html", "app.js", "style.css")
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+@functools.cache
+def _web_file(name: str) -> bytes | None:
+    if name not in _WEB_FILES:
+        return None
+    return importlib.resources.files("unichatd").joinpath("web", name).read_bytes()
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:

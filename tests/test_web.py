@@ -1,0 +1,276 @@
+"""The web client, driven in headless Chromium (Debian's) through Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.conftest import RunningServer, free_port, make_config, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+]
+WAIT_MS = 8000
+
+pytestmark = pytest.mark.asyncio
+
+
+def _require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("Chromium is missing in CI: .ci/run installs Debian's chromium package")
+    pytest.skip("Chromium not installed: `apt-get install chromium` to run the browser tests")
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Any]:
+    _require_chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture
+async def chat_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_config(tmp_path, server={"port": free_port()}))
+    try:
+        yield running
+    finally:
+        await running.server.stop()
+
+
+async def _open(browser: Any, server: RunningServer, user_id: int, name: str,
+                viewport: dict[str, int] | None = None) -> Any:
+    context = await browser.new_context(viewport=viewport or {"width": 1000, "height": 700})
+    page = await context.new_page()
+    await page.goto(f"{server.http_url}/#token={server.token(user_id, name)}")
+    await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
+    return page
+
+
+async def _enter_room(page: Any, name: str) -> None:
+    await page.locator("#room-list li", has_text=name).click()
+    await page.locator("#composer").wait_for(state="visible", timeout=WAIT_MS)
+
+
+async def _say(page: Any, text: str) -> None:
+    await page.locator("#input").fill(text)
+    await page.locator("#input").press("Enter")
+
+
+def _texts(page: Any) -> Any:
+    return page.locator("#message-list .message .text")
+
+
+async def test_two_users_chat_and_own_messages_are_confirmed(browser: Any, chat_server: RunningServer) -> None:
+    """Two browsers chat in a room; the sender's message turns from sending to confirmed."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1, 2])
+    alice = await _open(browser, chat_server, 1, "alice")
+    bob = await _open(browser, chat_server, 2, "bob")
+    await _enter_room(alice, "general")
+    await _enter_room(bob, "general")
+    await _say(alice, "hello bob")
+    await expect(bob.locator("#message-list .message", has_text="hello bob")).to_be_visible(timeout=WAIT_MS)
+    await expect(alice.locator("#message-list .message.sending")).to_have_count(0, timeout=WAIT_MS)
+    await expect(alice.locator("#message-list .message.mine", has_text="hello bob")).to_have_count(1)
+    await _say(bob, "hi alice\nsecond line")  # Enter sends; the text keeps its newline
+    await expect(alice.locator("#message-list .message", has_text="second line")).to_be_visible(timeout=WAIT_MS)
+    # The room list follows live through room_updated (no polling).
+    preview = alice.locator("#room-list li", has_text="general").locator(".room-preview")
+    await expect(preview).to_have_text("hi alice\nsecond line", timeout=WAIT_MS)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await alice.screenshot(path=str(SCREENSHOTS / "chat.png"))
+
+
+async def test_replies_quote_and_read_receipts_show(browser: Any, chat_server: RunningServer) -> None:
+    """A reply shows the quoted message; the author sees who has read up to their message."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1, 2])
+    alice = await _open(browser, chat_server, 1, "alice")
+    bob = await _open(browser, chat_server, 2, "bob")
+    await _enter_room(alice, "general")
+    await _say(alice, "lunch at noon?")
+    await bob.bring_to_front()  # bob reads: his page is visible and focused
+    await _enter_room(bob, "general")
+    original = bob.locator("#message-list .message", has_text="lunch at noon?")
+    await original.locator("button", has_text="reply").click()
+    await expect(bob.locator("#reply-bar")).to_be_visible()
+    await _say(bob, "yes!")
+    reply = alice.locator("#message-list .message", has_text="yes!")
+    await expect(reply.locator(".quote")).to_have_text("alice: lunch at noon?", timeout=WAIT_MS)
+    mine = alice.locator("#message-list .message.mine", has_text="lunch at noon?")
+    await expect(mine.locator(".receipt")).to_have_text("read by bob", timeout=WAIT_MS)
+
+
+async def test_unread_badge_appears_and_clears(browser: Any, chat_server: RunningServer) -> None:
+    """A message in a room bob is not viewing shows a badge, which clears when he opens it."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1, 2])
+    await chat_server.create_room("random", [1, 2])
+    alice = await _open(browser, chat_server, 1, "alice")
+    bob = await _open(browser, chat_server, 2, "bob")
+    await _enter_room(bob, "general")
+    await _enter_room(alice, "random")
+    await _say(alice, "over here")
+    await _say(alice, "and again")
+    badge = bob.locator("#room-list li", has_text="random").locator(".badge")
+    await expect(badge).to_have_text("2", timeout=WAIT_MS)
+    await bob.screenshot(path=str(SCREENSHOTS / "room-list.png"))
+    await bob.bring_to_front()  # marking read waits until the page is visible and focused
+    await _enter_room(bob, "random")
+    await expect(badge).to_have_count(0, timeout=WAIT_MS)
+    await chat_server.wait_for(lambda: chat_server.server.chat.directory.unread(2, 2) == 0)
+    reader = await chat_server.connect(2)
+    rooms = (await reader.request({"type": "get_room_list"}, "room_list"))["rooms"]
+    await reader.close()
+    assert {r["name"]: r["unread_count"] for r in rooms}["random"] == 0  # marked read on the server
+
+
+async def test_typing_indicator_shows_and_expires(browser: Any, chat_server: RunningServer) -> None:
+    """Typing in one browser shows "alice is typing…" in the other, and it goes away."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1, 2])
+    alice = await _open(browser, chat_server, 1, "alice")
+    bob = await _open(browser, chat_server, 2, "bob")
+    await _enter_room(alice, "general")
+    await _enter_room(bob, "general")
+    await alice.locator("#input").press_sequentially("typing here", delay=20)
+    await expect(bob.locator("#typing")).to_have_text("alice is typing…", timeout=WAIT_MS)
+    await bob.screenshot(path=str(SCREENSHOTS / "typing.png"))
+    # No stop_typing is sent (alice keeps focus): the server's 6 s expiry clears it.
+    await expect(bob.locator("#typing")).to_have_text("", timeout=10_000)
+
+
+async def test_reconnects_after_restart_and_shows_missed_messages_once(browser: Any, tmp_path: Path) -> None:
+    """The server restarts mid-conversation; the page reconnects and shows what was sent meanwhile, once."""
+    from playwright.async_api import expect
+
+    config = make_config(tmp_path, server={"port": free_port()})
+    running = await start_server(config)
+    try:
+        await running.create_room("general", [1, 2])
+        bob = await _open(browser, running, 2, "bob")
+        await _enter_room(bob, "general")
+        sender = await running.connect(1, "alice")
+        await sender.request({"type": "send_message", "room_id": 1, "content": "before restart"}, "message_ack")
+        await expect(_texts(bob)).to_have_text(["before restart"], timeout=WAIT_MS)
+        await sender.close()
+        await running.server.stop()
+        await expect(bob.locator("#conn-state")).not_to_have_attribute("data-state", "online", timeout=WAIT_MS)
+        running = await start_server(config)
+        sender = await running.connect(1, "alice")
+        for text in ("missed one", "missed two"):
+            await sender.request({"type": "send_message", "room_id": 1, "content": text}, "message_ack")
+        await sender.close()
+        await expect(bob.locator("#conn-state")).to_have_attribute("data-state", "online", timeout=20_000)
+        await expect(_texts(bob)).to_have_text(["before restart", "missed one", "missed two"], timeout=WAIT_MS)
+        await asyncio.sleep(0.5)
+        await expect(_texts(bob)).to_have_count(3)
+    finally:
+        await running.server.stop()
+
+
+async def test_message_text_is_never_html(browser: Any, chat_server: RunningServer) -> None:
+    """Markup in a message shows as text: no element is created and no script runs."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1, 2])
+    bob = await _open(browser, chat_server, 2, "bob")
+    dialogs: list[str] = []
+    bob.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    await _enter_room(bob, "general")
+    sender = await chat_server.connect(1, "mallory")
+    payloads = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>", "<b>bold</b>"]
+    for payload in payloads:
+        await sender.request({"type": "send_message", "room_id": 1, "content": payload}, "message_ack")
+    await sender.close()
+    await expect(_texts(bob)).to_have_text(payloads, timeout=WAIT_MS)
+    assert await bob.locator("#message-list img, #message-list script, #message-list b").count() == 0
+    await asyncio.sleep(0.3)
+    assert dialogs == []
+
+
+async def test_expired_token_returns_to_sign_in(browser: Any, chat_server: RunningServer) -> None:
+    """A 4001 close sends the user back to the sign-in form with a clear message."""
+    from playwright.async_api import expect
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    expired = chat_server.token(1, "alice", ttl=-10)
+    await page.goto(f"{chat_server.http_url}/#token={expired}")
+    await expect(page.locator("#signin")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#signin-message")).to_contain_text("expired", timeout=WAIT_MS)
+    assert "token=" not in page.url  # the fragment was taken out of the address bar
+    await page.screenshot(path=str(SCREENSHOTS / "sign-in.png"))
+    await page.locator("#token-input").fill(chat_server.token(1, "alice"))
+    await page.locator("#signin-form button").click()
+    await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
+
+
+async def test_page_has_a_content_security_policy(chat_server: RunningServer) -> None:
+    """GET / carries a CSP limiting the page to its own origin and its WebSocket."""
+
+    def fetch() -> tuple[str, str]:
+        with urllib.request.urlopen(f"{chat_server.http_url}/", timeout=5) as response:
+            return response.headers["Content-Security-Policy"], response.read().decode()
+
+    csp, body = await asyncio.to_thread(fetch)
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp and "ws://127.0.0.1:" in csp
+    assert 'content="/ws/chat/"' in body
+
+
+async def test_works_with_allowed_origins_set_to_its_own_origin(browser: Any, tmp_path: Path) -> None:
+    """With allowed_origins listing the page's origin, the page connects and chats."""
+    from playwright.async_api import expect
+
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    running = await start_server(make_config(tmp_path, server={"port": port, "allowed_origins": [origin]}))
+    try:
+        await running.create_room("general", [1])
+        page = await _open(browser, running, 1, "alice")
+        await _enter_room(page, "general")
+        await _say(page, "same origin works")
+        await expect(page.locator("#message-list .message.mine")).to_have_count(1, timeout=WAIT_MS)
+        await expect(page.locator("#message-list .message.sending")).to_have_count(0, timeout=WAIT_MS)
+    finally:
+        await running.server.stop()
+
+
+async def test_phone_width_shows_one_pane_at_a_time(browser: Any, chat_server: RunningServer) -> None:
+    """On a phone-width screen the room list and the room view take turns; Back returns."""
+    from playwright.async_api import expect
+
+    await chat_server.create_room("general", [1])
+    page = await _open(browser, chat_server, 1, "alice", viewport={"width": 390, "height": 760})
+    await expect(page.locator(".room-view")).to_be_hidden()
+    await _enter_room(page, "general")
+    await expect(page.locator(".sidebar")).to_be_hidden()
+    await _say(page, "from my phone")
+    await expect(page.locator("#message-list .message.mine")).to_have_count(1, timeout=WAIT_MS)
+    await page.screenshot(path=str(SCREENSHOTS / "phone.png"))
+    await page.locator("#back").click()
+    await expect(page.locator(".sidebar")).to_be_visible()
