@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ log = structlog.get_logger("unichatd.chat")
 TYPING_TIMEOUT = 6.0
 ROOM_UPDATE_WINDOW = 0.09
 """room_updated frames are coalesced over this window; the spec allows 100 ms."""
+ROOM_UPDATE_PIGGYBACK = 0.05
+"""Past this age, pending room_updated frames leave with the next committed message's
+broadcast, so they share its write (see server._ConnectionSink) instead of costing one."""
 MEMBERSHIP_POLL_INTERVAL = 0.5
 REMOVED_FROM_ROOM = "removed_from_room"
 RETENTION_BATCH = 500
@@ -69,6 +73,7 @@ class Chat:
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._dirty: set[Session] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._dirty_since = 0.0
         self._membership_log_id = 0
         self._poller: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
@@ -179,7 +184,8 @@ class Chat:
             return
         stored = future.result()
         message = stored.message
-        session.send(protocol.message_ack_frame(message, request.request_id))
+        wire = message.to_wire()
+        session.send(protocol.message_ack_frame(message, request.request_id, wire))
         if not stored.created:
             return
         self.stats.messages_stored += 1
@@ -189,9 +195,12 @@ class Chat:
         if (message.room_id, message.sender_id) in self._typing:
             self._stop_typing(message.room_id, message.sender_id, message.sender_username)
         self.stats.deliveries += self.hub.publish(
-            message.room_id, protocol.new_message_frame(message), message_id=message.id
+            message.room_id, protocol.new_message_frame(message, wire), message_id=message.id
         )
         self.room_changed(message.room_id)
+        if self._flush_handle is not None and time.monotonic() - self._dirty_since >= ROOM_UPDATE_PIGGYBACK:
+            self._flush_handle.cancel()
+            self._flush_room_updates()
 
     # -- read markers ----------------------------------------------------------
 
@@ -258,6 +267,7 @@ class Chat:
             session.pending_room_updates.add(room_id)
             self._dirty.add(session)
         if self._flush_handle is None:
+            self._dirty_since = time.monotonic()
             self._flush_handle = asyncio.get_running_loop().call_later(
                 ROOM_UPDATE_WINDOW, self._flush_room_updates
             )
@@ -266,16 +276,23 @@ class Chat:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, set()
         directory = self.directory
+        encoders: dict[int, protocol.RoomUpdateEncoder] = {}
         sent = 0
         for session in dirty:
             rooms = session.pending_room_updates
             session.pending_room_updates = set()
+            user_id = session.user_id
             for room_id in rooms:
-                if directory.is_participant(room_id, session.user_id):
-                    session.send(protocol.room_updated_frame(
-                        room_id, directory.room_state(room_id, session.user_id)
-                    ))
-                    sent += 1
+                if not directory.is_participant(room_id, user_id):
+                    continue
+                # Most of a room_updated is the same for every participant: encode it once.
+                encoder = encoders.get(room_id)
+                if encoder is None:
+                    encoder = encoders[room_id] = protocol.RoomUpdateEncoder(
+                        room_id, directory.room_state(room_id, user_id)
+                    )
+                session.send(encoder.frame(directory.unread(room_id, user_id)))
+                sent += 1
         self.stats.room_updates += sent
 
     # -- live membership changes from the CLI ----------------------------------

@@ -367,17 +367,18 @@ def unsubscribed_frame(room_id: int, request_id: RequestId, reason: str | None =
     return encode("unsubscribed", fields, request_id)
 
 
-def new_message_frame(message: Message) -> bytes:
-    return encode("new_message", {"room_id": message.room_id, "message": message.to_wire()})
+def new_message_frame(message: Message, wire: dict[str, Any] | None = None) -> bytes:
+    """``wire``: ``message.to_wire()`` when the caller has it already (ack and broadcast share it)."""
+    return encode("new_message", {"room_id": message.room_id, "message": wire or message.to_wire()})
 
 
-def message_ack_frame(message: Message, request_id: RequestId) -> bytes:
+def message_ack_frame(message: Message, request_id: RequestId, wire: dict[str, Any] | None = None) -> bytes:
     return encode(
         "message_ack",
         {
             "room_id": message.room_id,
             "client_msg_id": message.client_msg_id,
-            "message": message.to_wire(),
+            "message": wire or message.to_wire(),
         },
         request_id,
     )
@@ -420,6 +421,25 @@ def read_marked_frame(
 
 def room_updated_frame(room_id: int, updates: Mapping[str, Any]) -> bytes:
     return encode("room_updated", {"room_id": room_id, "updates": dict(updates)})
+
+
+class RoomUpdateEncoder:
+    """``room_updated`` frames of one room, differing only in ``unread_count``.
+
+    Byte-for-byte what :func:`room_updated_frame` gives, with the shared part encoded once.
+    """
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, room_id: int, state: Mapping[str, Any]) -> None:
+        shared = {key: value for key, value in state.items() if key != "unread_count"}
+        body = orjson.dumps({"type": "room_updated", "room_id": room_id, "updates": shared})
+        # '{"type":…,"updates":{…}}' → cut before the two closing braces to append the count.
+        self._head = body[:-2] + (b',"unread_count":' if shared else b'"unread_count":')
+        self._tail = b'},"timestamp":"' + format_timestamp(now_ms()).encode() + b'"}'
+
+    def frame(self, unread_count: int) -> bytes:
+        return self._head + str(unread_count).encode() + self._tail
 
 
 def room_list_frame(rooms: list[dict[str, Any]], request_id: RequestId) -> bytes:

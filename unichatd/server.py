@@ -57,29 +57,81 @@ class _Connection(ServerConnection):
 
 
 class _ConnectionSink:
-    __slots__ = ("_conn", "_server", "_limit", "closed")
+    """Frames for one connection, written once per event-loop tick.
 
-    def __init__(self, conn: ServerConnection, server: UnichatServer, limit: int) -> None:
+    ``send`` frames the message into the protocol's buffer at once (so the order of
+    frames is the order of calls) and marks the connection dirty; the first dirty
+    connection of a tick schedules :meth:`_Corks.flush`, which hands each connection's
+    frames of that tick to the transport in one ``writelines`` — one system call for an
+    ack, its broadcast and any room_updated due, instead of one each.
+    """
+
+    __slots__ = ("_conn", "_corks", "closed", "dirty")
+
+    def __init__(self, conn: ServerConnection, corks: _Corks) -> None:
         self._conn = conn
-        self._server = server
-        self._limit = limit
+        self._corks = corks
         self.closed = False
+        self.dirty = False
 
     def send(self, frame: bytes) -> None:
         conn = self._conn
         if self.closed or conn.protocol.state is not State.OPEN:
             return
         conn.protocol.send_text(frame)
-        conn.send_data()
-        if conn.transport.get_write_buffer_size() > self._limit:
-            self._server.chat.stats.slow_consumer_closes += 1
+        if not self.dirty:
+            self.dirty = True
+            self._corks.add(self)
+
+    def flush(self) -> None:
+        self.dirty = False
+        conn = self._conn
+        chunks = conn.protocol.data_to_send()
+        if not chunks:
+            return
+        if all(chunks):
+            conn.transport.writelines(chunks)
+        else:  # an end-of-stream marker is among them: let websockets handle it
+            for chunk in chunks:
+                if chunk:
+                    conn.transport.write(chunk)
+                elif conn.transport.can_write_eof():
+                    conn.transport.write_eof()
+        if conn.transport.get_write_buffer_size() > self._corks.server.config.server.send_buffer_bytes:
+            self._corks.server.chat.stats.slow_consumer_closes += 1
             log.warning("connection.slow_consumer", conn_id=id(conn))
             self.close(CLOSE_POLICY, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
-            self._server.spawn(self._conn.close(code, reason))
+            self._corks.server.spawn(self._conn.close(code, reason))
+
+
+class _Corks:
+    """The connections with frames waiting for the end of this tick."""
+
+    __slots__ = ("server", "_dirty", "_scheduled")
+
+    def __init__(self, server: UnichatServer) -> None:
+        self.server = server
+        self._dirty: list[_ConnectionSink] = []
+        self._scheduled = False
+
+    def add(self, sink: _ConnectionSink) -> None:
+        self._dirty.append(sink)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for sink in dirty:
+            try:
+                sink.flush()
+            except Exception:  # one broken transport must not starve the others
+                log.exception("connection.write_failed")
 
 
 class UnichatServer:
@@ -94,6 +146,7 @@ class UnichatServer:
         self._started = time.monotonic()
         self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._corks = _Corks(self)
         self.loop_lag = LoopLagMonitor()
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(_MetricsCollector(self))
@@ -218,6 +271,9 @@ class UnichatServer:
         path = urlsplit(request.path).path
         if path == self.config.server.path:
             return self._check_handshake(connection, request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            # A WebSocket handshake anywhere else is refused, whatever plain GET serves there.
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
         if self.config.server.web_client and (path == "/" or path.startswith("/static/")):
             return self._web_client(connection, request, path)
         if path == "/healthz":
@@ -312,7 +368,7 @@ class UnichatServer:
             await connection.close(CLOSE_AUTH, reason)
             return
         conn_id = next(self._conn_ids)
-        sink = _ConnectionSink(connection, self, self.config.server.send_buffer_bytes)
+        sink = _ConnectionSink(connection, self._corks)
         session = Session(conn_id, auth, sink, self.chat)
         bound = log.bind(conn_id=conn_id, user_id=auth.user_id)
         bound.info("connection.opened", remote=_remote(connection))
