@@ -35,9 +35,9 @@ log = structlog.get_logger("unichatd.chat")
 TYPING_TIMEOUT = 6.0
 ROOM_UPDATE_WINDOW = 0.09
 """room_updated frames are coalesced over this window; the spec allows 100 ms."""
-ROOM_UPDATE_PIGGYBACK = 0.05
-"""Past this age, pending room_updated frames leave with the next committed message's
-broadcast, so they share its write (see server._ConnectionSink) instead of costing one."""
+ROOM_UPDATE_PIGGYBACK = 0.075
+"""Past this age, a connection's pending room_updated frames leave with the next frame
+broadcast to it, so they share its write (see server._ConnectionSink) instead of costing one."""
 MEMBERSHIP_POLL_INTERVAL = 0.5
 REMOVED_FROM_ROOM = "removed_from_room"
 RETENTION_BATCH = 500
@@ -73,7 +73,7 @@ class Chat:
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._dirty: set[Session] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._dirty_since = 0.0
+        self._room_encoders: dict[int, tuple[float, tuple[int, str], protocol.RoomUpdateEncoder]] = {}
         self._membership_log_id = 0
         self._poller: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
@@ -98,7 +98,9 @@ class Chat:
         self._typing.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-            self._flush_room_updates()
+            self._flush_handle = None
+        for session in tuple(self._dirty):
+            self.flush_room_updates_of(session)
 
     def reconfigure(self, config: Config, keyring: KeyRing) -> None:
         """Take reloaded limits and keys; buckets already handed out adopt the new rates."""
@@ -198,9 +200,6 @@ class Chat:
             message.room_id, protocol.new_message_frame(message, wire), message_id=message.id
         )
         self.room_changed(message.room_id)
-        if self._flush_handle is not None and time.monotonic() - self._dirty_since >= ROOM_UPDATE_PIGGYBACK:
-            self._flush_handle.cancel()
-            self._flush_room_updates()
 
     # -- read markers ----------------------------------------------------------
 
@@ -263,37 +262,54 @@ class Chat:
         connections = self.hub.connections_of(user_id)
         if not connections:
             return
+        now = time.monotonic()
         for session in connections:
+            if not session.pending_room_updates:
+                session.room_updates_since = now
             session.pending_room_updates.add(room_id)
             self._dirty.add(session)
         if self._flush_handle is None:
-            self._dirty_since = time.monotonic()
             self._flush_handle = asyncio.get_running_loop().call_later(
                 ROOM_UPDATE_WINDOW, self._flush_room_updates
             )
 
-    def _flush_room_updates(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, set()
+    def flush_room_updates_of(self, session: Session) -> None:
+        """Send the connection the room_updated frames it is owed, with the latest state."""
+        self._dirty.discard(session)
+        rooms = session.pending_room_updates
+        session.pending_room_updates = set()
         directory = self.directory
-        encoders: dict[int, protocol.RoomUpdateEncoder] = {}
-        sent = 0
-        for session in dirty:
-            rooms = session.pending_room_updates
-            session.pending_room_updates = set()
-            user_id = session.user_id
-            for room_id in rooms:
-                if not directory.is_participant(room_id, user_id):
-                    continue
-                # Most of a room_updated is the same for every participant: encode it once.
-                encoder = encoders.get(room_id)
-                if encoder is None:
-                    encoder = encoders[room_id] = protocol.RoomUpdateEncoder(
-                        room_id, directory.room_state(room_id, user_id)
-                    )
-                session.send(encoder.frame(directory.unread(room_id, user_id)))
-                sent += 1
-        self.stats.room_updates += sent
+        user_id = session.user_id
+        now = time.monotonic()
+        for room_id in rooms:
+            if not directory.is_participant(room_id, user_id):
+                continue
+            # Most of a room_updated is the same for every participant: encode it once
+            # per room and state (reused for a few milliseconds, so the timestamp holds).
+            last = directory.rooms[room_id].last_message
+            key = (last.id if last is not None else 0, directory.rooms[room_id].name)
+            cached = self._room_encoders.get(room_id)
+            if cached is None or cached[1] != key or now - cached[0] > 0.005:
+                cached = (now, key, protocol.RoomUpdateEncoder(room_id, directory.room_state(room_id, user_id)))
+                self._room_encoders[room_id] = cached
+            session.send(cached[2].frame(directory.unread(room_id, user_id)))
+            self.stats.room_updates += 1
+
+    def _flush_room_updates(self) -> None:
+        """The timer's part: whatever no broadcast carried out within the window goes now."""
+        self._flush_handle = None
+        now = time.monotonic()
+        oldest_left: float | None = None
+        for session in tuple(self._dirty):
+            since = session.room_updates_since
+            if now - since >= ROOM_UPDATE_WINDOW - 0.005:
+                self.flush_room_updates_of(session)
+            elif oldest_left is None or since < oldest_left:
+                oldest_left = since
+        if oldest_left is not None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                max(0.001, oldest_left + ROOM_UPDATE_WINDOW - now), self._flush_room_updates
+            )
 
     # -- live membership changes from the CLI ----------------------------------
 

@@ -105,7 +105,20 @@ class _ConnectionSink:
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
-            self._corks.server.spawn(self._conn.close(code, reason))
+            self._corks.server.spawn(_close_bounded(self._conn, code, reason))
+
+
+async def _close_bounded(conn: ServerConnection, code: int, reason: str) -> None:
+    """Close with ``code``; a peer that does not take the close frame in time is cut off.
+
+    websockets first waits for the send buffer to drain, which a stalled reader never
+    lets happen; without this bound its socket and session would stay held.
+    """
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await conn.close(code, reason)
+    except TimeoutError:
+        conn.transport.abort()
 
 
 class _Corks:

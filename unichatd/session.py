@@ -15,7 +15,7 @@ import structlog
 
 from . import protocol
 from .auth import TOKEN_EXPIRED, Identity, verify_token
-from .chat import Chat
+from .chat import ROOM_UPDATE_PIGGYBACK, Chat
 from .errors import AuthError, ClientError, CloseConnection, RateLimited
 from .limits import FloodGuard, TokenBucket
 
@@ -40,7 +40,7 @@ class Session:
     """The state of one authenticated connection."""
 
     __slots__ = (
-        "conn_id", "identity", "chat", "_sink", "send", "closed", "pending_room_updates",
+        "conn_id", "identity", "chat", "_sink", "send", "closed", "pending_room_updates", "room_updates_since",
         "_catching_up", "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
     )
 
@@ -52,7 +52,9 @@ class Session:
         self.send: Callable[[bytes], None] = sink.send
         self.closed = False
         self.pending_room_updates: set[int] = set()
-        """Rooms whose room_updated this connection is owed (see Chat._flush_room_updates)."""
+        """Rooms whose room_updated this connection is owed (see Chat.flush_room_updates_of)."""
+        self.room_updates_since = 0.0
+        """When the oldest of those became owed (time.monotonic())."""
         self._catching_up: dict[int, list[tuple[bytes, int | None]]] = {}
         limits = chat.config.limits
         self._frames = TokenBucket(limits.frames_per_second, limits.frame_burst)
@@ -108,6 +110,8 @@ class Session:
                 buffered.append((frame, message_id))
                 return
         self.send(frame)
+        if self.pending_room_updates and time.monotonic() - self.room_updates_since >= ROOM_UPDATE_PIGGYBACK:
+            self.chat.flush_room_updates_of(self)
 
     def send_error(self, error: ClientError) -> None:
         stats = self.chat.stats
