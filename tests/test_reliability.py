@@ -921,3 +921,17 @@ def test_bad_input_never_hurts(fuzz_server: RunningServer, frames: list[str | by
                 assert [f.get("code") for f in direct] == ["unsupported_frame"], direct
             if rid is not None and direct:
                 assert any(f.get("request_id") == rid for f in direct), (raw, direct)
+
+
+@pytest.mark.asyncio
+async def test_compression_is_not_negotiated(server: RunningServer) -> None:
+    """A client offering permessage-deflate gets no extension (no per-connection zlib state, no bombs)."""
+    ws = await asyncio.wait_for(
+        websockets.connect(f"{server.url}?token={server.token(1)}", compression="deflate"), 5
+    )
+    try:
+        assert ws.response is not None
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        assert ws.protocol.extensions == []
+    finally:
+        await ws.close()
