@@ -103,10 +103,11 @@ class RoomDirectory:
     def room_list(self, user_id: int) -> list[dict[str, Any]]:
         """The user's rooms, most recent activity first (a room's creation counts as activity)."""
 
-        def activity(room_id: int) -> tuple[int, int]:
+        def activity(room_id: int) -> tuple[int, int, int]:
             room = self.rooms[room_id]
             last = room.last_message
-            return (last.created_ms if last else room.created_ms, room_id)
+            # Ties within a millisecond go to the later message (ids grow with time).
+            return (last.created_ms, last.id, room_id) if last else (room.created_ms, 0, room_id)
 
         ordered = sorted(self._user_rooms.get(user_id, ()), key=activity, reverse=True)
         return [self.room_object(room_id, user_id) for room_id in ordered]

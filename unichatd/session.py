@@ -41,6 +41,7 @@ class Session:
 
     __slots__ = (
         "conn_id", "identity", "chat", "_sink", "send", "closed", "pending_room_updates", "room_updates_since",
+        "_caught_up_to",
         "_catching_up", "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
     )
 
@@ -56,6 +57,9 @@ class Session:
         self.room_updates_since = 0.0
         """When the oldest of those became owed (time.monotonic())."""
         self._catching_up: dict[int, list[tuple[bytes, int | None]]] = {}
+        self._caught_up_to: dict[int, int] = {}
+        """room → the last message id a catch-up history carried, while broadcasts of
+        messages it already held may still be on their way (see _subscribe)."""
         limits = chat.config.limits
         self._frames = TokenBucket(limits.frames_per_second, limits.frame_burst)
         # Past twice the burst of refusals within a second, the client ignores retry_after_ms.
@@ -109,6 +113,13 @@ class Session:
             if buffered is not None:
                 buffered.append((frame, message_id))
                 return
+        if self._caught_up_to and message_id is not None:
+            caught_up_to = self._caught_up_to.get(room_id)
+            if caught_up_to is not None:
+                if message_id <= caught_up_to:
+                    return  # history carried it already
+                # A room's broadcasts come in id order: nothing older can follow.
+                del self._caught_up_to[room_id]
         self.send(frame)
         if self.pending_room_updates and time.monotonic() - self.room_updates_since >= ROOM_UPDATE_PIGGYBACK:
             self.chat.flush_room_updates_of(self)
@@ -179,9 +190,12 @@ class Session:
         # Catch-up without gap or duplicate:
         # 1. join the room first, holding back its live frames;
         # 2. read what was committed after the client's last message (this read sees
-        #    at least every message whose broadcast happened before step 1);
+        #    at least every message whose broadcast happened before step 1, and a message
+        #    committed after it is broadcast after step 1, so it is held);
         # 3. send subscribed and history;
-        # 4. release the held frames, skipping messages that history already carried.
+        # 4. release the held frames, skipping messages that history already carried;
+        # 5. messages committed before the read but broadcast after step 4 (their commit
+        #    callbacks had not run yet) are skipped by deliver(), up to history's last id.
         chat.hub.subscribe(room_id, self)
         held: list[tuple[bytes, int | None]] = []
         self._catching_up[room_id] = held
@@ -204,10 +218,13 @@ class Session:
         for frame, message_id in held:
             if message_id is None or message_id > seen:
                 self.send(frame)
+        if messages and not any(message_id is not None and message_id >= seen for _, message_id in held):
+            self._caught_up_to[room_id] = seen
 
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         self.chat.check_access(request.room_id, self.user_id)
         self.chat.hub.unsubscribe(request.room_id, self)
+        self._caught_up_to.pop(request.room_id, None)
         self.send(protocol.unsubscribed_frame(request.room_id, request.request_id))
 
     def _send_message(self, request: protocol.SendMessage) -> Awaitable[None]:
