@@ -56,48 +56,57 @@ class _Connection(ServerConnection):
     auth: Identity | AuthError | None = None
 
 
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, final WebSocket text frame (RFC 6455 §5.2) around ``payload``.
+
+    Server frames are never masked and no extension is negotiated (compression is off),
+    so the header is two, four or ten bytes and the payload goes as it is.
+    """
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + length.to_bytes(8, "big") + payload
+
+
 class _ConnectionSink:
     """Frames for one connection, written once per event-loop tick.
 
-    ``send`` frames the message into the protocol's buffer at once (so the order of
-    frames is the order of calls) and marks the connection dirty; the first dirty
-    connection of a tick schedules :meth:`_Corks.flush`, which hands each connection's
-    frames of that tick to the transport in one ``writelines`` — one system call for an
-    ack, its broadcast and any room_updated due, instead of one each.
+    ``send`` frames the payload (a broadcast's one ``bytes`` object is framed once for
+    all its recipients, see :meth:`_Corks.framed`) and queues it; the first queued frame
+    of a tick schedules :meth:`_Corks.flush`, which hands each connection's frames to its
+    transport in one ``writelines`` — one system call for an ack, its broadcast and any
+    room_updated due, instead of one each.  Control frames (ping, pong, close) stay with
+    websockets, which writes them straight to the transport between whole data frames.
     """
 
-    __slots__ = ("_conn", "_corks", "closed", "dirty")
+    __slots__ = ("_conn", "_corks", "closed", "pending")
 
     def __init__(self, conn: ServerConnection, corks: _Corks) -> None:
         self._conn = conn
         self._corks = corks
         self.closed = False
-        self.dirty = False
+        self.pending: list[bytes] | None = None
 
-    def send(self, frame: bytes) -> None:
-        conn = self._conn
-        if self.closed or conn.protocol.state is not State.OPEN:
+    def send(self, payload: bytes) -> None:
+        if self.closed or self._conn.protocol.state is not State.OPEN:
             return
-        conn.protocol.send_text(frame)
-        if not self.dirty:
-            self.dirty = True
+        frame = self._corks.framed(payload)
+        if self.pending is None:
+            self.pending = [frame]
             self._corks.add(self)
+        else:
+            self.pending.append(frame)
 
     def flush(self) -> None:
-        self.dirty = False
+        frames, self.pending = self.pending, None
         conn = self._conn
-        chunks = conn.protocol.data_to_send()
-        if not chunks:
-            return
-        if all(chunks):
-            conn.transport.writelines(chunks)
-        else:  # an end-of-stream marker is among them: let websockets handle it
-            for chunk in chunks:
-                if chunk:
-                    conn.transport.write(chunk)
-                elif conn.transport.can_write_eof():
-                    conn.transport.write_eof()
-        if conn.transport.get_write_buffer_size() > self._corks.server.config.server.send_buffer_bytes:
+        if not frames or self.closed or conn.protocol.state is not State.OPEN:
+            return  # a close frame went out meanwhile: nothing may follow it
+        transport = conn.transport
+        transport.writelines(frames)
+        if transport.get_write_buffer_size() > self._corks.server.config.server.send_buffer_bytes:
             self._corks.server.chat.stats.slow_consumer_closes += 1
             log.warning("connection.slow_consumer", conn_id=id(conn))
             self.close(CLOSE_POLICY, "slow consumer")
@@ -105,6 +114,7 @@ class _ConnectionSink:
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
+            self.pending = None
             self._corks.server.spawn(_close_bounded(self._conn, code, reason))
 
 
@@ -124,12 +134,21 @@ async def _close_bounded(conn: ServerConnection, code: int, reason: str) -> None
 class _Corks:
     """The connections with frames waiting for the end of this tick."""
 
-    __slots__ = ("server", "_dirty", "_scheduled")
+    __slots__ = ("server", "_dirty", "_scheduled", "_last_payload", "_last_frame")
 
     def __init__(self, server: UnichatServer) -> None:
         self.server = server
         self._dirty: list[_ConnectionSink] = []
         self._scheduled = False
+        self._last_payload: bytes | None = None
+        self._last_frame = b""
+
+    def framed(self, payload: bytes) -> bytes:
+        # The hub hands one bytes object to every recipient in a row: frame it once.
+        if payload is not self._last_payload:
+            self._last_payload = payload
+            self._last_frame = text_frame(payload)
+        return self._last_frame
 
     def add(self, sink: _ConnectionSink) -> None:
         self._dirty.append(sink)
