@@ -10,6 +10,7 @@ moves through the same sequence of states as the database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections import Counter
@@ -71,7 +72,8 @@ class Chat:
         self.stats = Stats()
         self._send_buckets: dict[int, TokenBucket] = {}
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
-        self._dirty: set[Session] = set()
+        self._owed: collections.deque[tuple[float, Session]] = collections.deque()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._room_encoders: dict[int, tuple[float, tuple[int, str], protocol.RoomUpdateEncoder]] = {}
         self._membership_log_id = 0
@@ -99,8 +101,8 @@ class Chat:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        for session in tuple(self._dirty):
-            self.flush_room_updates_of(session)
+        while self._owed:
+            self.flush_room_updates_of(self._owed.popleft()[1])
 
     def reconfigure(self, config: Config, keyring: KeyRing) -> None:
         """Take reloaded limits and keys; buckets already handed out adopt the new rates."""
@@ -122,7 +124,7 @@ class Chat:
 
     def disconnect(self, session: Session) -> None:
         self.hub.disconnect(session)
-        self._dirty.discard(session)
+        session.pending_room_updates = set()
         user_id = session.user_id
         if not self.hub.is_online(user_id):
             for room_id, typer in tuple(self._typing):
@@ -266,16 +268,13 @@ class Chat:
         for session in connections:
             if not session.pending_room_updates:
                 session.room_updates_since = now
+                self._owed.append((now, session))
             session.pending_room_updates.add(room_id)
-            self._dirty.add(session)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                ROOM_UPDATE_WINDOW, self._flush_room_updates
-            )
+            self._flush_handle = self._loop().call_later(ROOM_UPDATE_WINDOW, self._flush_room_updates)
 
     def flush_room_updates_of(self, session: Session) -> None:
         """Send the connection the room_updated frames it is owed, with the latest state."""
-        self._dirty.discard(session)
         rooms = session.pending_room_updates
         session.pending_room_updates = set()
         directory = self.directory
@@ -296,20 +295,28 @@ class Chat:
             self.stats.room_updates += 1
 
     def _flush_room_updates(self) -> None:
-        """The timer's part: whatever no broadcast carried out within the window goes now."""
+        """The timer's part: whatever no broadcast carried out within the window goes now.
+
+        ``_owed`` lists connections in the order they became owed; an entry whose
+        connection was flushed since (piggyback) or owed anew later is stale and skipped.
+        """
         self._flush_handle = None
+        owed = self._owed
         now = time.monotonic()
-        oldest_left: float | None = None
-        for session in tuple(self._dirty):
-            since = session.room_updates_since
-            if now - since >= ROOM_UPDATE_WINDOW - 0.005:
+        while owed and now - owed[0][0] >= ROOM_UPDATE_WINDOW - 0.005:
+            since, session = owed.popleft()
+            if session.pending_room_updates and session.room_updates_since == since:
                 self.flush_room_updates_of(session)
-            elif oldest_left is None or since < oldest_left:
-                oldest_left = since
-        if oldest_left is not None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                max(0.001, oldest_left + ROOM_UPDATE_WINDOW - now), self._flush_room_updates
+        if owed:
+            self._flush_handle = self._loop().call_later(
+                max(0.001, owed[0][0] + ROOM_UPDATE_WINDOW - now), self._flush_room_updates
             )
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: asyncio.get_running_loop() costs a getpid() call.
+        if self._event_loop is None:
+            self._event_loop = asyncio.get_running_loop()
+        return self._event_loop
 
     # -- live membership changes from the CLI ----------------------------------
 

@@ -10,7 +10,7 @@ recipient and never awaits one of them, so a slow peer cannot hold up the others
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Generic, Protocol, TypeVar
 
 
@@ -53,8 +53,9 @@ class Hub(Generic[S]):
             if not connections:
                 del self._users[subscriber.user_id]
 
-    def connections_of(self, user_id: int) -> Iterable[S]:
-        return tuple(self._users.get(user_id, ()))
+    def connections_of(self, user_id: int) -> Collection[S]:
+        """The user's connections (a live view: do not connect or disconnect while iterating)."""
+        return self._users.get(user_id, {}).keys()
 
     def online_users(self) -> tuple[int, ...]:
         return tuple(self._users)

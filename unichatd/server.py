@@ -134,10 +134,11 @@ async def _close_bounded(conn: ServerConnection, code: int, reason: str) -> None
 class _Corks:
     """The connections with frames waiting for the end of this tick."""
 
-    __slots__ = ("server", "_dirty", "_scheduled", "_last_payload", "_last_frame")
+    __slots__ = ("server", "_dirty", "_scheduled", "_last_payload", "_last_frame", "loop")
 
     def __init__(self, server: UnichatServer) -> None:
         self.server = server
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[_ConnectionSink] = []
         self._scheduled = False
         self._last_payload: bytes | None = None
@@ -154,7 +155,9 @@ class _Corks:
         self._dirty.append(sink)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            if self.loop is None:  # looked up once: get_running_loop() costs a getpid() call
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []

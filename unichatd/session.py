@@ -40,14 +40,16 @@ class Session:
     """The state of one authenticated connection."""
 
     __slots__ = (
-        "conn_id", "identity", "chat", "_sink", "send", "closed", "pending_room_updates", "room_updates_since",
-        "_caught_up_to",
-        "_catching_up", "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
+        "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed",
+        "pending_room_updates", "room_updates_since", "_catching_up", "_caught_up_to",
+        "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
     )
 
     def __init__(self, conn_id: int, identity: Identity, sink: Sink, chat: Chat) -> None:
         self.conn_id = conn_id
         self.identity = identity
+        self.user_id = identity.user_id
+        """Fixed for the connection's life: a refreshed token must name the same user."""
         self.chat = chat
         self._sink = sink
         self.send: Callable[[bytes], None] = sink.send
@@ -67,9 +69,6 @@ class Session:
         self._send_flood = FloodGuard(2 * limits.message_burst)
         self._expiry: asyncio.TimerHandle | None = None
 
-    @property
-    def user_id(self) -> int:
-        return self.identity.user_id
 
     def apply_limits(self) -> None:
         """Adopt the chat's current frame limits (after a config reload)."""

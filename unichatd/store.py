@@ -225,6 +225,7 @@ class Store:
         self._queue: list[_Op] = []
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._next_id = 1
         self.batch_sizes = Histogram(BATCH_BOUNDS)
@@ -233,6 +234,7 @@ class Store:
         """Seconds per group-commit transaction, thread hop included (for metrics)."""
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._call(_configure)
@@ -271,7 +273,9 @@ class Store:
     # -- submissions (each resolved after the commit that holds it) -----------
 
     def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # The loop is looked up once: asyncio.get_running_loop() costs a getpid() call.
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if self._closing:
             future.set_exception(StoreError("store is closing"))
             return future
