@@ -429,7 +429,7 @@ class RoomUpdateEncoder:
     Byte-for-byte what :func:`room_updated_frame` gives, with the shared part encoded once.
     """
 
-    __slots__ = ("_head", "_tail")
+    __slots__ = ("_head", "_tail", "_frames")
 
     def __init__(self, room_id: int, state: Mapping[str, Any]) -> None:
         shared = {key: value for key, value in state.items() if key != "unread_count"}
@@ -437,9 +437,14 @@ class RoomUpdateEncoder:
         # '{"type":…,"updates":{…}}' → cut before the two closing braces to append the count.
         self._head = body[:-2] + (b',"unread_count":' if shared else b'"unread_count":')
         self._tail = b'},"timestamp":"' + format_timestamp(now_ms()).encode() + b'"}'
+        self._frames: dict[int, bytes] = {}
 
     def frame(self, unread_count: int) -> bytes:
-        return self._head + str(unread_count).encode() + self._tail
+        """The frame for one participant; participants with equal counts share one object."""
+        frame = self._frames.get(unread_count)
+        if frame is None:
+            frame = self._frames[unread_count] = self._head + str(unread_count).encode() + self._tail
+        return frame
 
 
 def room_list_frame(rooms: list[dict[str, Any]], request_id: RequestId) -> bytes:
