@@ -124,7 +124,7 @@ class Chat:
 
     def disconnect(self, session: Session) -> None:
         self.hub.disconnect(session)
-        session.pending_room_updates = set()
+        session.pending_room_updates = None
         user_id = session.user_id
         if not self.hub.is_online(user_id):
             for room_id, typer in tuple(self._typing):
@@ -266,17 +266,22 @@ class Chat:
             return
         now = time.monotonic()
         for session in connections:
-            if not session.pending_room_updates:
+            owed = session.pending_room_updates
+            if owed is None:  # allocated only while owed: most connections are idle
+                session.pending_room_updates = {room_id}
                 session.room_updates_since = now
                 self._owed.append((now, session))
-            session.pending_room_updates.add(room_id)
+            else:
+                owed.add(room_id)
         if self._flush_handle is None:
             self._flush_handle = self._loop().call_later(ROOM_UPDATE_WINDOW, self._flush_room_updates)
 
     def flush_room_updates_of(self, session: Session) -> None:
         """Send the connection the room_updated frames it is owed, with the latest state."""
         rooms = session.pending_room_updates
-        session.pending_room_updates = set()
+        session.pending_room_updates = None
+        if rooms is None:
+            return
         directory = self.directory
         user_id = session.user_id
         now = time.monotonic()

@@ -23,7 +23,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from urllib.parse import urlsplit
 
 import orjson
@@ -216,7 +216,6 @@ class UnichatServer:
         await self.chat.start()
         # 2. the listening socket;
         server_config = self.config.server
-        ping_interval = server_config.ping_interval or None
         self._ws = await serve(
             self._handle,
             server_config.host,
@@ -224,21 +223,27 @@ class UnichatServer:
             process_request=self._process_request,
             compression=None,
             max_size=server_config.max_message_bytes,
-            ping_interval=ping_interval,
-            ping_timeout=server_config.ping_timeout or None,
+            # Keepalive is ours (see _heartbeat): one task for all connections instead of
+            # one task and timer per connection.
+            ping_interval=None,
             close_timeout=CLOSE_TIMEOUT,
             server_header="unichatd",
             create_connection=_Connection,
+            start_serving=False,
         )
         self.spawn(self.loop_lag.run())
+        if server_config.ping_interval:
+            self.spawn(self._heartbeat())
         # What startup built lives as long as the process: keep the cyclic GC off it, and
         # collect less often — the hot path makes short-lived objects, not cycles.
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
-        # 3. tell whoever waits (pid file, systemd) that we listen.
+        # 3. the pid file goes first, so whoever sees the port open finds it too; then
+        #    accept, and tell systemd.
         if server_config.pid_file:
             self.config.resolve(server_config.pid_file).write_text(f"{os.getpid()}\n")
+        await self._ws.start_serving()
         log.info("server.listening", host=server_config.host, port=self.port,
                  path=server_config.path, database=str(self.config.database_path))
         notify_systemd("READY=1")
@@ -268,6 +273,36 @@ class UnichatServer:
             with contextlib.suppress(OSError):
                 self.config.resolve(self.config.server.pid_file).unlink()
         log.info("server.stopped")
+
+    async def _heartbeat(self) -> None:
+        """Ping every connection each ``ping_interval``; close with 1011 one that has not
+        answered within ``ping_timeout`` (what websockets' per-connection keepalive does)."""
+        assert self._ws is not None
+        loop = asyncio.get_running_loop()
+        outstanding: dict[ServerConnection, tuple[float, Awaitable[float]]] = {}
+        next_round = loop.time() + self.config.server.ping_interval
+        while True:
+            interval, timeout = self.config.server.ping_interval, self.config.server.ping_timeout
+            await asyncio.sleep(max(0.05, min(interval, timeout or interval) / 4))
+            now = loop.time()
+            # 1. answered pings are forgotten; unanswered ones past the timeout close;
+            for conn, (sent_at, waiter) in tuple(outstanding.items()):
+                if isinstance(waiter, asyncio.Future) and waiter.done():
+                    del outstanding[conn]
+                    if not waiter.cancelled():
+                        waiter.exception()  # retrieved: a closed connection fails its waiters
+                elif timeout and now - sent_at >= timeout:
+                    del outstanding[conn]
+                    log.info("connection.ping_timeout", remote=_remote(conn))
+                    self.spawn(_close_bounded(conn, 1011, "keepalive ping timeout"))
+            # 2. each round, every connection without a ping in flight gets one.
+            if now < next_round:
+                continue
+            next_round = now + interval
+            for conn in self._ws.connections:
+                if conn not in outstanding:
+                    with contextlib.suppress(ConnectionClosed):
+                        outstanding[conn] = (now, await conn.ping())
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.
@@ -412,8 +447,10 @@ class UnichatServer:
         conn_id = next(self._conn_ids)
         sink = _ConnectionSink(connection, self._corks)
         session = Session(conn_id, auth, sink, self.chat)
-        bound = log.bind(conn_id=conn_id, user_id=auth.user_id)
-        bound.info("connection.opened", remote=_remote(connection))
+        log.info("connection.opened", conn_id=conn_id, user_id=auth.user_id, remote=_remote(connection))
+        # The handshake's headers are not needed any more; an idle connection should not
+        # carry a few kilobytes of them for its whole life.
+        _forget_handshake(connection)
         try:
             await session.open()
             async for frame in connection:
@@ -425,7 +462,7 @@ class UnichatServer:
             pass
         finally:
             session.closed_by_peer()
-            bound.info("connection.closed", code=connection.close_code,
+            log.info("connection.closed", conn_id=conn_id, user_id=auth.user_id, code=connection.close_code,
                        reason=connection.close_reason)
 
 
@@ -448,6 +485,17 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
          ("Cache-Control", "no-store")]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+_NO_HEADERS = Headers()
+
+
+def _forget_handshake(connection: ServerConnection) -> None:
+    if connection.request is not None:
+        connection.request.headers = _NO_HEADERS
+    if connection.response is not None:
+        connection.response.headers = _NO_HEADERS
+        connection.response.body = b""
 
 
 def _remote(connection: ServerConnection) -> str:

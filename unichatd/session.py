@@ -54,7 +54,7 @@ class Session:
         self._sink = sink
         self.send: Callable[[bytes], None] = sink.send
         self.closed = False
-        self.pending_room_updates: set[int] = set()
+        self.pending_room_updates: set[int] | None = None
         """Rooms whose room_updated this connection is owed (see Chat.flush_room_updates_of)."""
         self.room_updates_since = 0.0
         """When the oldest of those became owed (time.monotonic())."""

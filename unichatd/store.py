@@ -100,8 +100,6 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
-    # Hot index and table pages stay in memory instead of being read back per batch.
-    conn.execute("PRAGMA cache_size=-32000")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -241,6 +239,9 @@ class Store:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._call(_configure)
             await self._call(migrate)
+            # The daemon keeps hot index and table pages in memory (32 MB) instead of
+            # reading them back per batch; the CLI's short-lived connections do not need it.
+            await self._writer.execute("PRAGMA cache_size=-32000")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
