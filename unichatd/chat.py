@@ -25,6 +25,7 @@ from .config import Config
 from .errors import ClientError, RateLimited
 from .hub import Hub
 from .limits import TokenBucket
+from .log import switches
 from .rooms import RoomDirectory
 from .store import MembershipChange, NewMessage, Store, Stored
 
@@ -193,8 +194,9 @@ class Chat:
         if not stored.created:
             return
         self.stats.messages_stored += 1
-        log.debug("message.stored", conn_id=session.conn_id, user_id=message.sender_id,
-                  room_id=message.room_id, message_id=message.id)
+        if switches.debug:
+            log.debug("message.stored", conn_id=session.conn_id, user_id=message.sender_id,
+                      room_id=message.room_id, message_id=message.id)
         self.directory.record_message(message)
         if (message.room_id, message.sender_id) in self._typing:
             self._stop_typing(message.room_id, message.sender_id, message.sender_username)

@@ -9,11 +9,22 @@ import structlog
 
 from .config import LogConfig
 
+
+class _Switches:
+    """Read on hot paths instead of calling a filtered-out logger (which still costs a
+    lazy proxy lookup per call, as loggers stay uncached so that SIGHUP can relevel them)."""
+
+    debug = False
+
+
+switches = _Switches()
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
 
 def configure_logging(config: LogConfig) -> None:
+    switches.debug = config.level == "debug"
     renderer: structlog.typing.Processor
     if config.format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

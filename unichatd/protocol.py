@@ -297,16 +297,21 @@ def now_ms() -> int:
 
 
 _second_cache: list[Any] = [-1, ""]
+_milli_cache: list[Any] = [-1, ""]
 
 
 def format_timestamp(ms: int) -> str:
     """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
+    # Most frames of one burst share a millisecond, and all of them a second: format once.
+    if _milli_cache[0] == ms:
+        return str(_milli_cache[1])
     seconds, millis = divmod(ms, 1000)
-    # Most frames of one burst share a second; format that part once.
     if _second_cache[0] != seconds:
         _second_cache[0] = seconds
         _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_second_cache[1]}.{millis:03d}Z"
+    text = f"{_second_cache[1]}.{millis:03d}Z"
+    _milli_cache[0], _milli_cache[1] = ms, text
+    return text
 
 
 # ---------------------------------------------------------------------------

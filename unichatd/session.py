@@ -18,6 +18,7 @@ from .auth import TOKEN_EXPIRED, Identity, verify_token
 from .chat import ROOM_UPDATE_PIGGYBACK, Chat
 from .errors import AuthError, ClientError, CloseConnection, RateLimited
 from .limits import FloodGuard, TokenBucket
+from .log import switches
 
 log = structlog.get_logger("unichatd.session")
 
@@ -128,7 +129,8 @@ class Session:
         stats.errors[error.code] += 1
         if isinstance(error, RateLimited):
             stats.rate_limited += 1
-        log.debug("error.sent", conn_id=self.conn_id, user_id=self.user_id, code=error.code)
+        if switches.debug:
+            log.debug("error.sent", conn_id=self.conn_id, user_id=self.user_id, code=error.code)
         self.send(protocol.error_frame(error))
 
     # -- incoming --------------------------------------------------------------
@@ -183,7 +185,8 @@ class Session:
         chat.check_access(room_id, self.user_id)
         if request.last_message_id is None:
             chat.hub.subscribe(room_id, self)
-            log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id)
+            if switches.debug:
+                log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id)
             self.send(protocol.subscribed_frame(room_id, request.request_id))
             return
         # Catch-up without gap or duplicate:
@@ -208,8 +211,9 @@ class Session:
         finally:
             self._catching_up.pop(room_id, None)
             # Between steps 2 and 3 nothing is awaited, so no frame can slip past `held`.
-        log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id,
-                  caught_up=len(messages))
+        if switches.debug:
+            log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id,
+                      caught_up=len(messages))
         self.send(protocol.subscribed_frame(room_id, request.request_id))
         truncated = chat.pruned_through(room_id) > request.last_message_id
         self.send(protocol.history_frame(room_id, messages, has_more, None, truncated=truncated))
