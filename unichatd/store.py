@@ -16,6 +16,7 @@ daemon polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from .metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from .protocol import Message
 
+log = structlog.get_logger("unichatd.store")
+
 PREVIEW_CHARS = 200
+CHECKPOINT_INTERVAL = 0.5
+"""Seconds between background WAL checkpoints."""
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -226,6 +232,8 @@ class Store:
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_id = 1
         self.batch_sizes = Histogram(BATCH_BOUNDS)
@@ -242,6 +250,9 @@ class Store:
             # The daemon keeps hot index and table pages in memory (32 MB) instead of
             # reading them back per batch; the CLI's short-lived connections do not need it.
             await self._writer.execute("PRAGMA cache_size=-32000")
+            # Checkpoints run on their own connection (see _run_checkpoints), never inside
+            # a group commit, whose acks would otherwise wait for the copy and its fsync.
+            await self._writer.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -252,6 +263,23 @@ class Store:
             row = await cursor.fetchone()
         self._next_id = (row[0] if row else 0) + 1
         self._writer_task = asyncio.create_task(self._run_writer(), name="unichatd-writer")
+        self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._checkpointer.execute("PRAGMA busy_timeout=5000")
+        self._checkpoint_task = asyncio.create_task(self._run_checkpoints(), name="unichatd-checkpoint")
+
+    async def _run_checkpoints(self) -> None:
+        """Copy the WAL back into the database in the background, every CHECKPOINT_INTERVAL.
+
+        PASSIVE never blocks the writer or readers; the fsync it implies happens here, on
+        this connection's thread, not on the path of any acknowledgement.
+        """
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # busy or locked: the next round tries again
+                log.warning("store.checkpoint_failed", error=str(exc))
 
     async def _call(self, fn: Any) -> Any:
         """Run ``fn(sqlite3_connection)`` in the writer's thread: one hop for a whole batch.
@@ -269,10 +297,18 @@ class Store:
         self._wakeup.set()
         if self._writer_task is not None:
             await self._writer_task
-        for conn in (self._reader, self._writer):
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+        if self._writer is not None and self._checkpointer is not None:
+            # A last full checkpoint leaves a compact database file behind.
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for conn in (self._checkpointer, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._checkpointer = self._reader = self._writer = None
 
     # -- submissions (each resolved after the commit that holds it) -----------
 
