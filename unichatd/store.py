@@ -34,8 +34,9 @@ from .protocol import Message
 log = structlog.get_logger("unichatd.store")
 
 PREVIEW_CHARS = 200
-CHECKPOINT_INTERVAL = 0.5
+CHECKPOINT_INTERVAL = 0.1
 """Seconds between background WAL checkpoints."""
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -253,6 +254,8 @@ class Store:
             # Checkpoints run on their own connection (see _run_checkpoints), never inside
             # a group commit, whose acks would otherwise wait for the copy and its fsync.
             await self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            # After a reset, a WAL that grew under a burst is cut back to this size.
+            await self._writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
