@@ -53,6 +53,8 @@ class KeyRing:
         return cls((None, key), {}, key)
 
     def candidates(self, token: str) -> list[str]:
+        if not self.named and self.legacy is not None:
+            return [self.legacy]  # one key: no header to read first (PyJWT checks it anyway)
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:

@@ -119,8 +119,11 @@ class Chat:
 
     async def connect(self, session: Session) -> None:
         identity = session.identity
-        await self.store.upsert_user(identity.user_id, identity.username, identity.first_name)
-        self.directory.set_user(identity.user_id, identity.username, identity.first_name)
+        names = (identity.username, identity.first_name)
+        if self.directory.users.get(identity.user_id) != names:
+            # Only a new user or a changed name costs a write (reconnects are the common case).
+            await self.store.upsert_user(identity.user_id, *names)
+            self.directory.set_user(identity.user_id, *names)
         self.hub.connect(session)
 
     def disconnect(self, session: Session) -> None:
