@@ -13,7 +13,6 @@ core 0, runs wsload pinned to core 1, and prints wsload's JSON line with the tar
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -69,7 +68,6 @@ def _raise_fd_limit() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.environ.setdefault("WSLOAD", "1")
 
 
 if __name__ == "__main__":

@@ -213,11 +213,9 @@ class Chat:
     async def mark_read(self, session: Session, request: protocol.MarkRead) -> None:
         user_id, room_id = session.user_id, request.room_id
         self.check_access(room_id, user_id)
-        try:
-            result = await self.store.mark_read(room_id, user_id, request.message_ids)
-        except LookupError:
-            raise ClientError("access_denied", "you are not a participant of this room",
-                              room_id=room_id) from None
+        result = await self.store.mark_read(room_id, user_id, request.message_ids)
+        if result is None:  # removed from the room while the request waited
+            raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
         changed_unread = self.directory.unread(room_id, user_id) != result.unread_count
         self.directory.record_read(room_id, user_id, result.last_read_id, result.unread_count)
         session.send(protocol.read_marked_frame(

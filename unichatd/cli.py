@@ -288,13 +288,18 @@ def _stop(config: Config, args: argparse.Namespace) -> int:
     raise _Failure(f"process {pid} did not exit within 30 s")
 
 
-def _status(config: Config, args: argparse.Namespace) -> int:
+def _local_address(config: Config) -> str:
+    """host:port to reach the configured server from this machine (wildcards → loopback)."""
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    url = f"http://{host}:{config.server.port}/healthz"
+    return f"{host}:{config.server.port}"
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    url = f"http://{_local_address(config)}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read().decode()
@@ -312,12 +317,7 @@ def _client_for(config: Config, user_id: int) -> tuple[str, str]:
         username, first_name = admin.user_names(user_id)
     finally:
         admin.close()
-    host = config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    url = f"ws://{host}:{config.server.port}{config.server.path}"
+    url = f"ws://{_local_address(config)}{config.server.path}"
     return url, mint_token(keys, user_id, username, first_name=first_name, ttl=3600)
 
 

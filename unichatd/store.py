@@ -109,6 +109,18 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA busy_timeout=5000")
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE … COMMIT`` (rolled back on any exception) on an autocommit connection."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION` (``PRAGMA user_version``)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -117,16 +129,11 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"database schema version {version} is newer than this unichatd ({SCHEMA_VERSION})"
         )
     for number in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             for statement in _MIGRATIONS[number].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def open_sync(path: Path) -> sqlite3.Connection:
@@ -332,7 +339,8 @@ class Store:
 
     def mark_read(
         self, room_id: int, user_id: int, message_ids: Sequence[int]
-    ) -> asyncio.Future[ReadResult]:
+    ) -> asyncio.Future[ReadResult | None]:
+        """Move the user's read marker; resolves to None when they are not a participant."""
         return self._submit("read", (room_id, user_id, tuple(message_ids)))
 
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
@@ -386,8 +394,7 @@ class Store:
         """One transaction for the whole batch; runs in the writer's thread."""
         results: list[Any] = []
         next_id = self._next_id
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             start = 0
             while start < len(batch):
                 op = batch[start]
@@ -419,10 +426,6 @@ class Store:
                 else:  # pragma: no cover - the submitters above are the only ones
                     raise AssertionError(op.kind)
                 start += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._next_id = next_id
         return results
 
@@ -553,13 +556,13 @@ def _unread_count(conn: sqlite3.Connection, room_id: int, user_id: int, marker: 
 
 def _mark_read(
     conn: sqlite3.Connection, room_id: int, user_id: int, message_ids: tuple[int, ...]
-) -> ReadResult:
+) -> ReadResult | None:
     row = conn.execute(
         "SELECT last_read_id FROM participants WHERE room_id = ? AND user_id = ?",
         (room_id, user_id),
     ).fetchone()
     if row is None:
-        raise LookupError("not a participant")
+        return None  # no longer a participant; failing here would roll back the whole batch
     old_marker = int(row[0])
     if message_ids:
         marks = ",".join("?" * len(message_ids))
@@ -659,9 +662,7 @@ class AdminStore:
         )
 
     def create_room(self, name: str, room_type: str, members: Sequence[int]) -> int:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn) as conn:
             room_id = conn.execute(
                 "INSERT INTO rooms(name, room_type, created_ms) VALUES (?, ?, ?)",
                 (name, room_type, _now_ms()),
@@ -672,10 +673,6 @@ class AdminStore:
                 (room_id,),
             )
             self._add(room_id, members)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return room_id
 
     def _add(self, room_id: int, user_ids: Sequence[int]) -> None:
@@ -697,21 +694,13 @@ class AdminStore:
         return self.conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone() is not None
 
     def add_members(self, room_id: int, user_ids: Sequence[int]) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             if not self.room_exists(room_id):
                 raise LookupError(f"room {room_id} does not exist")
             self._add(room_id, user_ids)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def remove_members(self, room_id: int, user_ids: Sequence[int]) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn) as conn:
             if not self.room_exists(room_id):
                 raise LookupError(f"room {room_id} does not exist")
             for user_id in dict.fromkeys(user_ids):
@@ -723,19 +712,13 @@ class AdminStore:
                         "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, ?, 'remove')",
                         (room_id, user_id),
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def import_messages(self, rows: Iterable[tuple[int, int, str, int]], *, chunk: int = 50_000) -> None:
         """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.
 
         Only for a database no daemon is serving: the daemon assigns message ids itself.
         """
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn) as conn:
             batch: list[tuple[int, int, str, int]] = []
             for row in rows:
                 batch.append(row)
@@ -743,10 +726,6 @@ class AdminStore:
                     conn.executemany(_IMPORT_SQL, batch)
                     batch.clear()
             conn.executemany(_IMPORT_SQL, batch)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def backup(self, target: Path) -> None:
         """A consistent copy of the whole database, taken while the daemon keeps writing.

@@ -1,0 +1,74 @@
+"""The store on its own: group commit, idempotency, and one request never failing another's batch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from unichatd.store import AdminStore, NewMessage, Store
+
+pytestmark = pytest.mark.asyncio
+
+
+def _room(tmp_path: Path, members: list[int]) -> tuple[Path, int]:
+    db = tmp_path / "chat.db"
+    admin = AdminStore(db)
+    try:
+        room = admin.create_room("r", "group", members)
+    finally:
+        admin.close()
+    return db, room
+
+
+def _message(room: int, sender: int, text: str, client_msg_id: str | None = None) -> NewMessage:
+    return NewMessage(room, sender, f"user{sender}", "", text, None, client_msg_id)
+
+
+async def test_concurrent_submissions_share_one_transaction(tmp_path: Path) -> None:
+    """Messages submitted together commit in one batch, in order, with increasing ids."""
+    db, room = _room(tmp_path, [1])
+    store = Store(db)
+    await store.open()
+    try:
+        futures = [store.append_message(_message(room, 1, f"m{i}")) for i in range(50)]
+        stored = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        ids = [s.message.id for s in stored]
+        assert ids == sorted(ids) and len(set(ids)) == 50
+        assert store.batch_sizes.count == 1 and store.batch_sizes.total == 50
+    finally:
+        await store.close()
+
+
+async def test_repeated_client_msg_id_in_one_batch_is_stored_once(tmp_path: Path) -> None:
+    """Two sends with one client_msg_id in the same batch give one row; the second is marked not created."""
+    db, room = _room(tmp_path, [1])
+    store = Store(db)
+    await store.open()
+    try:
+        first, second = await asyncio.wait_for(asyncio.gather(
+            store.append_message(_message(room, 1, "a", "dup")),
+            store.append_message(_message(room, 1, "a again", "dup")),
+        ), 10)
+        page, _ = await store.history(room, before_id=None, after_id=None, limit=10)
+    finally:
+        await store.close()
+    assert (first.created, second.created) == (True, False)
+    assert second.message.id == first.message.id and [m.content for m in page] == ["a"]
+
+
+async def test_mark_read_by_a_non_participant_does_not_fail_the_batch(tmp_path: Path) -> None:
+    """A read marker for someone no longer in the room answers None; the batch's messages still commit."""
+    db, room = _room(tmp_path, [1])
+    store = Store(db)
+    await store.open()
+    try:
+        message = store.append_message(_message(room, 1, "kept"))
+        read = store.mark_read(room, 99, ())
+        stored, marker = await asyncio.wait_for(asyncio.gather(message, read), 10)
+        page, _ = await store.history(room, before_id=None, after_id=None, limit=10)
+    finally:
+        await store.close()
+    assert marker is None
+    assert stored.created and [m.id for m in page] == [stored.message.id]
