@@ -292,29 +292,36 @@ async def test_shift_enter_starts_a_new_line(browser: Any, chat_server: RunningS
     await expect(_texts(page)).to_have_text(["first line\nsecond line"], timeout=WAIT_MS)
 
 
-async def test_older_history_loads_on_scroll_up(browser: Any, chat_server: RunningServer) -> None:
+async def test_older_history_loads_on_scroll_up(browser: Any, tmp_path: Path) -> None:
     """Opening a long room shows the latest page; scrolling to the top loads the page before it."""
     from playwright.async_api import expect
 
-    room = await chat_server.create_room("archive", [1, 2])
-    sender = await chat_server.connect(2, "bob")
-    for index in range(120):
-        await sender.request({"type": "send_message", "room_id": room, "content": f"note {index}"}, "message_ack")
-    await sender.close()
-    page = await _open(browser, chat_server, 1, "alice", viewport={"width": 1000, "height": 500})
-    await _enter_room(page, "archive")
-    await expect(_texts(page)).to_have_count(50, timeout=WAIT_MS)
-    await expect(_texts(page).last).to_have_text("note 119")
-    await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
-    await expect(_texts(page)).to_have_count(100, timeout=WAIT_MS)
-    await expect(_texts(page).first).to_have_text("note 20")
-    await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
-    await expect(_texts(page)).to_have_count(120, timeout=WAIT_MS)
-    await expect(_texts(page).first).to_have_text("note 0")
+    limits = {"messages_per_second": 10_000, "message_burst": 10_000}
+    running = await start_server(make_config(tmp_path, server={"port": free_port()}, limits=limits))
+    try:
+        room = await running.create_room("archive", [1, 2])
+        sender = await running.connect(2, "bob")
+        for index in range(120):
+            await sender.request({"type": "send_message", "room_id": room, "content": f"note {index}"}, "message_ack")
+        await sender.close()
+        page = await _open(browser, running, 1, "alice", viewport={"width": 1000, "height": 500})
+        await _enter_room(page, "archive")
+        await expect(_texts(page)).to_have_count(50, timeout=WAIT_MS)
+        await expect(_texts(page).last).to_have_text("note 119")
+        await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
+        await expect(_texts(page)).to_have_count(100, timeout=WAIT_MS)
+        await expect(_texts(page).first).to_have_text("note 20")
+        await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
+        await expect(_texts(page)).to_have_count(120, timeout=WAIT_MS)
+        await expect(_texts(page).first).to_have_text("note 0")
+    finally:
+        await running.server.stop()
 
 
 async def test_dark_mode_follows_the_system(browser: Any, chat_server: RunningServer) -> None:
     """With a dark colour scheme the page uses the dark palette."""
+    from playwright.async_api import expect
+
     await chat_server.create_room("general", [1])
     context = await browser.new_context(color_scheme="dark", viewport={"width": 1000, "height": 600})
     page = await context.new_page()
@@ -323,6 +330,8 @@ async def test_dark_mode_follows_the_system(browser: Any, chat_server: RunningSe
     await _enter_room(page, "general")
     await _say(page, "late night message")
     await page.locator("#message-list .message.mine").wait_for(timeout=WAIT_MS)
+    preview = page.locator("#room-list li", has_text="general").locator(".room-preview")
+    await expect(preview).to_have_text("late night message", timeout=WAIT_MS)
     background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(21, 23, 28)"
     await page.screenshot(path=str(SCREENSHOTS / "dark.png"))
