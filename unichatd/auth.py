@@ -112,10 +112,20 @@ def verify_token(token: str, key: str | KeyRing) -> Identity:
         first_name = ""
     if not isinstance(first_name, str) or len(first_name) > 150:
         raise AuthError(AUTH_REQUIRED)
+    if not _encodable(name) or not _encodable(first_name):
+        raise AuthError(AUTH_REQUIRED)  # e.g. a lone surrogate: no database could store it
     exp = claims["exp"]
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise AuthError(AUTH_REQUIRED)
     return Identity(user_id=user_id, username=name, first_name=first_name, expires_at=float(exp))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def token_from_handshake(path: str, headers: Mapping[str, str]) -> str | None:

@@ -131,6 +131,10 @@ class Chat:
         session.pending_room_updates = None
         user_id = session.user_id
         if not self.hub.is_online(user_id):
+            bucket = self._send_buckets.get(user_id)
+            if bucket is not None and bucket.is_full():
+                # Kept while not full: reconnecting must not refill a user's bucket.
+                del self._send_buckets[user_id]
             for room_id, typer in tuple(self._typing):
                 if typer == user_id:
                     self._stop_typing(room_id, user_id, session.identity.username)

@@ -82,6 +82,8 @@ class ChatClient:
         self._ids = itertools.count(1)
         self._connected = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._paging: dict[int, list[dict[str, Any]]] = {}
+        """Room → live messages held while its catch-up is paged."""
         self._closing = False
         self.reconnects = 0
 
@@ -118,10 +120,15 @@ class ChatClient:
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, *self._background):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(None, "client closed"))
+        self._pending.clear()
         if self._ws is not None:
             await self._ws.close()
 
@@ -158,10 +165,13 @@ class ChatClient:
                 except ConnectionLost as exc:
                     self._fail_all(exc)
                     return
+                try:
+                    for room_id, last_id in self._rooms.items():
+                        await self._write({"type": "subscribe_room", "room_id": room_id,
+                                           "last_message_id": last_id})
+                except websockets.ConnectionClosed:
+                    continue  # lost again while catching up: back round the loop
                 self.reconnects += 1
-                for room_id, last_id in self._rooms.items():
-                    await self._write({"type": "subscribe_room", "room_id": room_id,
-                                       "last_message_id": last_id})
                 break
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -180,6 +190,8 @@ class ChatClient:
             for message in messages:
                 self._emit_message(message)
             if frame.get("has_more") and messages:
+                # Live messages of this room wait until the pages before them are out.
+                self._paging[frame["room_id"]] = []
                 task = asyncio.ensure_future(self._page_on(frame["room_id"], messages[-1]["id"]))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -190,20 +202,28 @@ class ChatClient:
                 future.set_result(frame)
             return
         if kind == "new_message":
-            self._emit_message(frame["message"])
+            held = self._paging.get(frame["room_id"])
+            if held is not None:
+                held.append(frame["message"])
+            else:
+                self._emit_message(frame["message"])
             return
         self._events.put_nowait(frame)
 
     async def _page_on(self, room_id: int, after_id: int) -> None:
         """Fetch the rest of a catch-up that did not fit in one history frame."""
-        with contextlib.suppress(Disconnected, ClientRequestError, TimeoutError):
-            while True:
-                page = await self.history(room_id, after_id=after_id, limit=100)
-                for message in page["messages"]:
-                    self._emit_message(message)
-                if not page["has_more"] or not page["messages"]:
-                    return
-                after_id = page["messages"][-1]["id"]
+        try:
+            with contextlib.suppress(Disconnected, ClientRequestError, TimeoutError):
+                while True:
+                    page = await self.history(room_id, after_id=after_id, limit=100)
+                    for message in page["messages"]:
+                        self._emit_message(message)
+                    if not page["has_more"] or not page["messages"]:
+                        return
+                    after_id = page["messages"][-1]["id"]
+        finally:
+            for message in self._paging.pop(room_id, []):
+                self._emit_message(message)  # (those the pages already carried are skipped)
 
     def _emit_message(self, message: dict[str, Any]) -> None:
         room_id, message_id = message["room_id"], message["id"]
@@ -243,12 +263,21 @@ class ChatClient:
         return reply
 
     async def subscribe(self, room_id: int, last_message_id: int | None = None) -> dict[str, Any]:
-        """Subscribe; with ``last_message_id`` the missed messages come out of the iteration."""
-        self._rooms.setdefault(room_id, last_message_id or 0)
+        """Subscribe; with ``last_message_id`` the missed messages come out of the iteration.
+
+        Without it, only messages from now on come out — after a reconnect as well: the
+        room's latest message id is fetched so a re-subscribe catches up from there.
+        """
         frame: dict[str, Any] = {"type": "subscribe_room", "room_id": room_id}
         if last_message_id is not None:
             frame["last_message_id"] = last_message_id
-        return await self.request(frame)
+            self._rooms.setdefault(room_id, last_message_id)
+            return await self.request(frame)
+        reply = await self.request(frame)
+        latest = await self.history(room_id, limit=1)
+        newest = latest["messages"][-1]["id"] if latest["messages"] else 0
+        self._rooms[room_id] = max(self._rooms.get(room_id, 0), newest)
+        return reply
 
     async def unsubscribe(self, room_id: int) -> dict[str, Any]:
         self._rooms.pop(room_id, None)

@@ -147,6 +147,23 @@ def parse_request(text: str | bytes, *, max_content_chars: int) -> Request:
         raise
 
 
+def peek_ids(text: str | bytes) -> tuple[RequestId, int | None]:
+    """The frame's request_id and room_id when they are valid, for errors raised before parsing."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(frame, dict):
+        return None, None
+    try:
+        request_id = _request_id(frame)
+    except ClientError:
+        request_id = None
+    room_id = frame.get("room_id")
+    valid_room = isinstance(room_id, int) and not isinstance(room_id, bool) and 1 <= room_id <= MAX_ID
+    return request_id, room_id if valid_room else None
+
+
 def _request_id(frame: Mapping[str, Any]) -> RequestId:
     if "request_id" not in frame:
         return None

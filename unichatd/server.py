@@ -262,7 +262,14 @@ class UnichatServer:
                 async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                     await self._ws.wait_closed()
             except TimeoutError:
-                log.warning("server.close_timeout")
+                # Peers that never took their close frame (not reading) are cut off.
+                # (all_connections: those already closing are no longer in .connections)
+                log.warning("server.close_timeout", aborted=len(self._ws.all_connections))
+                for conn in tuple(self._ws.all_connections):
+                    conn.transport.abort()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await self._ws.wait_closed()
         # 2. end timers and background work;
         await self.chat.stop()
         for task in tuple(self._tasks):
@@ -279,7 +286,7 @@ class UnichatServer:
         answered within ``ping_timeout`` (what websockets' per-connection keepalive does)."""
         assert self._ws is not None
         loop = asyncio.get_running_loop()
-        outstanding: dict[ServerConnection, tuple[float, Awaitable[float]]] = {}
+        outstanding: dict[ServerConnection, tuple[float, Awaitable[float] | None]] = {}
         next_round = loop.time() + self.config.server.ping_interval
         while True:
             interval, timeout = self.config.server.ping_interval, self.config.server.ping_timeout
@@ -287,10 +294,14 @@ class UnichatServer:
             now = loop.time()
             # 1. answered pings are forgotten; unanswered ones past the timeout close;
             for conn, (sent_at, waiter) in tuple(outstanding.items()):
-                if isinstance(waiter, asyncio.Future) and waiter.done():
+                if waiter is None:
+                    answered = not conn.paused  # (a peer that was not reading: see below)
+                else:
+                    answered = isinstance(waiter, asyncio.Future) and waiter.done()
+                    if answered and not waiter.cancelled():  # type: ignore[attr-defined]
+                        waiter.exception()  # type: ignore[attr-defined]  # retrieved: closes fail it
+                if answered:
                     del outstanding[conn]
-                    if not waiter.cancelled():
-                        waiter.exception()  # retrieved: a closed connection fails its waiters
                 elif timeout and now - sent_at >= timeout:
                     del outstanding[conn]
                     log.info("connection.ping_timeout", remote=_remote(conn))
@@ -300,9 +311,16 @@ class UnichatServer:
                 continue
             next_round = now + interval
             for conn in self._ws.connections:
-                if conn not in outstanding:
-                    with contextlib.suppress(ConnectionClosed):
-                        outstanding[conn] = (now, await conn.ping())
+                if conn in outstanding:
+                    continue
+                if conn.paused:
+                    # Its writes are blocked (it does not read): ping() would wait for it,
+                    # holding up every other connection. It counts as a ping not answered
+                    # until it reads again.
+                    outstanding[conn] = (now, None)
+                    continue
+                with contextlib.suppress(ConnectionClosed):
+                    outstanding[conn] = (now, await conn.ping())
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.

@@ -137,14 +137,11 @@ class Session:
 
     async def handle_text(self, text: str) -> None:
         """Answer one text frame; errors become ``error`` frames, never exceptions."""
+        if self.closed:
+            return  # closing (expired token, flood, slow consumer): nothing more is executed
         request: protocol.Request | None = None
         try:
-            wait_ms = self._frames.take()
-            if wait_ms:
-                if self._frame_flood.refused():
-                    self.chat.stats.flood_closes += 1
-                    raise CloseConnection(CLOSE_POLICY, "rate limit exceeded")
-                raise RateLimited(wait_ms)
+            self._check_frame_rate(text)
             request = protocol.parse_request(
                 text, max_content_chars=self.chat.config.limits.max_content_chars
             )
@@ -154,6 +151,7 @@ class Session:
         except RateLimited as exc:
             if request is not None:
                 exc.request_id = request.request_id
+                exc.room_id = exc.room_id or getattr(request, "room_id", None)
                 if isinstance(request, protocol.SendMessage) and self._send_flood.refused():
                     self.chat.stats.flood_closes += 1
                     self.close(CLOSE_POLICY, "rate limit exceeded")
@@ -175,7 +173,30 @@ class Session:
             ))
 
     def handle_binary(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._check_frame_rate(None)
+        except RateLimited as exc:
+            self.send_error(exc)
+            return
+        except CloseConnection as exc:
+            self.close(exc.code, exc.reason)
+            return
         self.send_error(ClientError("unsupported_frame", "binary frames are not supported; send JSON text"))
+
+    def _check_frame_rate(self, text: str | None) -> None:
+        """Every frame, of any type, takes a token from the connection's bucket."""
+        wait_ms = self._frames.take()
+        if not wait_ms:
+            return
+        if self._frame_flood.refused():
+            self.chat.stats.flood_closes += 1
+            raise CloseConnection(CLOSE_POLICY, "rate limit exceeded")
+        refusal = RateLimited(wait_ms)
+        if text is not None:  # the client still needs to tell which request this answers
+            refusal.request_id, refusal.room_id = protocol.peek_ids(text)
+        raise refusal
 
     # -- requests ----------------------------------------------------------------
 
@@ -198,15 +219,20 @@ class Session:
         # 4. release the held frames, skipping messages that history already carried;
         # 5. messages committed before the read but broadcast after step 4 (their commit
         #    callbacks had not run yet) are skipped by deliver(), up to history's last id.
-        chat.hub.subscribe(room_id, self)
+        joined = chat.hub.subscribe(room_id, self)
         held: list[tuple[bytes, int | None]] = []
         self._catching_up[room_id] = held
         try:
             messages, has_more = await chat.store.history(
                 room_id, before_id=None, after_id=request.last_message_id, limit=CATCH_UP_LIMIT
             )
+            # Removed from the room while the read ran (and told `unsubscribed` already)?
+            chat.check_access(room_id, self.user_id)
+            if not chat.hub.is_subscribed(room_id, self):
+                raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
         except BaseException:
-            chat.hub.unsubscribe(room_id, self)
+            if joined:  # a subscription that existed before this request stays
+                chat.hub.unsubscribe(room_id, self)
             raise
         finally:
             self._catching_up.pop(room_id, None)

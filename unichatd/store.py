@@ -229,6 +229,11 @@ class _Op:
     future: asyncio.Future[Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: str
+
+
 class Store:
     """The daemon's SQLite store: a group-committing writer and a reader."""
 
@@ -366,29 +371,39 @@ class Store:
 
     async def _run_writer(self) -> None:
         while True:
+            if self._closing and not self._queue:
+                return
             await self._wakeup.wait()
             self._wakeup.clear()
             batch, self._queue = self._queue, []
             if not batch:
-                if self._closing:
-                    return
                 continue
             started = time.perf_counter()
             try:
-                results = await self._call(partial(self._write_batch, batch=batch))
-            except Exception as exc:  # the whole transaction was rolled back
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(StoreError(f"write failed: {exc}"))
-                continue
+                results: list[Any] = await self._call(partial(self._write_batch, batch=batch))
+            except Exception:
+                # The transaction was rolled back. Whatever made it fail must not fail the
+                # others: each operation is tried again in a transaction of its own.
+                results = [await self._write_alone(op) for op in batch]
             finally:
                 self.batch_sizes.observe(len(batch))
                 self.write_latency.observe(time.perf_counter() - started)
             for op, result in zip(batch, results, strict=True):
-                if not op.future.done():
+                if op.future.done():
+                    continue
+                if isinstance(result, _Failed):
+                    op.future.set_exception(StoreError(f"write failed: {result.error}"))
+                else:
                     op.future.set_result(result)
-            if self._closing and not self._queue:
+            if self._closing:
                 self._wakeup.set()
+
+    async def _write_alone(self, op: _Op) -> Any:
+        try:
+            return (await self._call(partial(self._write_batch, batch=[op])))[0]
+        except Exception as exc:
+            log.error("store.write_failed", kind=op.kind, error=str(exc))
+            return _Failed(str(exc))
 
     def _write_batch(self, conn: sqlite3.Connection, *, batch: list[_Op]) -> list[Any]:
         """One transaction for the whole batch; runs in the writer's thread."""
