@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,12 @@ import pytest_asyncio
 from tests.conftest import RunningServer, free_port, make_config, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The screenshots in docs/ are refreshed with UNICHATD_SCREENSHOTS=1; other runs keep theirs
+# out of the work tree.
+SCREENSHOTS = (
+    ROOT / "docs" / "screenshots" if os.environ.get("UNICHATD_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "unichatd-screenshots"
+)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -38,6 +44,7 @@ def _require_chromium() -> None:
 @pytest_asyncio.fixture
 async def browser() -> AsyncIterator[Any]:
     _require_chromium()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -98,7 +105,6 @@ async def test_two_users_chat_and_own_messages_are_confirmed(browser: Any, chat_
     # The room list follows live through room_updated (no polling).
     preview = alice.locator("#room-list li", has_text="general").locator(".room-preview")
     await expect(preview).to_have_text("hi alice\nsecond line", timeout=WAIT_MS)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await alice.screenshot(path=str(SCREENSHOTS / "chat.png"))
 
 
