@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,28 @@ async def start_server(config: Config) -> RunningServer:
     server = UnichatServer(config, config.auth.signing_key or SIGNING_KEY)
     await server.start()
     return RunningServer(server, config, config.auth.signing_key or SIGNING_KEY)
+
+
+async def stalled_client(running: RunningServer, user_id: int, room: int) -> Client:
+    """A subscribed client with a tiny receive buffer that stops reading."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the server's buffer fills fast
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", running.server.port))
+        ws = await asyncio.wait_for(websockets.connect(
+            f"{running.url}?token={running.token(user_id)}", sock=sock, ping_interval=None,
+            max_queue=None, close_timeout=1,
+        ), WAIT)
+    except BaseException:
+        sock.close()
+        raise
+    client = Client(ws)
+    assert (await client.recv())["type"] == "connection_established"
+    subscribed = await client.request({"type": "subscribe_room", "room_id": room}, "subscribed")
+    assert subscribed["type"] == "subscribed", subscribed
+    ws.transport.pause_reading()
+    return client
 
 
 # -- the daemon as a separate process (for signals, kill -9 and the CLI) -------

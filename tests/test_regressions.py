@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.conftest import SIGNING_KEY, Client, RunningServer, free_port, make_config, start_server
+from tests.conftest import SIGNING_KEY, Client, RunningServer, free_port, make_config, stalled_client, start_server
 from unichatd.auth import mint_token
 from unichatd.client import ChatClient
 from unichatd.store import AdminStore, NewMessage, Store
@@ -101,22 +100,6 @@ async def test_close_does_not_hang_after_a_failed_batch(tmp_path: Path) -> None:
 # -- server.py: keepalive --------------------------------------------------------------------
 
 
-async def _stalled(running: RunningServer, user_id: int, room: int) -> Client:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(WAIT)
-    sock.connect(("127.0.0.1", running.server.port))
-    ws = await asyncio.wait_for(websockets.connect(
-        f"{running.url}?token={running.token(user_id)}", sock=sock, ping_interval=None,
-        max_queue=None, close_timeout=1,
-    ), WAIT)
-    client = Client(ws)
-    assert (await client.recv())["type"] == "connection_established"
-    assert (await client.request({"type": "subscribe_room", "room_id": room}, "subscribed"))["type"] == "subscribed"
-    ws.transport.pause_reading()
-    return client
-
-
 async def test_one_paused_reader_does_not_stop_keepalive_for_everyone(tmp_path: Path) -> None:
     """A reader with more than websockets' 32 KiB write limit unsent (but under
     send_buffer_bytes) makes `await conn.ping()` wait on drain forever: the single
@@ -132,7 +115,7 @@ async def test_one_paused_reader_does_not_stop_keepalive_for_everyone(tmp_path: 
         room = await running.create_room("busy", [1, 2, 3])
         sender = await running.connect(1)
         clients.append(sender)
-        stalled = await _stalled(running, 2, room)
+        stalled = await stalled_client(running, 2, room)
         clients.append(stalled)
         stalled_end = _server_side(running, stalled)
         for i in range(400):  # until the kernel buffers are full and the transport pauses

@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -35,6 +34,7 @@ from tests.conftest import (
     free_port,
     make_config,
     run_cli,
+    stalled_client,
     start_server,
     write_config,
 )
@@ -395,28 +395,6 @@ async def test_frame_over_max_message_bytes_closes_1009(tmp_path: Path) -> None:
 SLOW_SERVER = {"send_buffer_bytes": 65536}
 SLOW_LIMITS = {**FAST_LIMITS, "max_content_chars": 60000}
 BIG = "x" * 50000
-
-
-async def stalled_client(running: RunningServer, user_id: int, room: int) -> Client:
-    """A subscribed client with a tiny receive buffer that stops reading."""
-    sock = socket.socket()
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the server's buffer fills fast
-        sock.settimeout(WAIT)
-        sock.connect(("127.0.0.1", running.server.port))
-        ws = await asyncio.wait_for(websockets.connect(
-            f"{running.url}?token={running.token(user_id)}", sock=sock, ping_interval=None,
-            max_queue=None, close_timeout=1,
-        ), WAIT)
-    except BaseException:
-        sock.close()
-        raise
-    client = Client(ws)
-    assert (await client.recv())["type"] == "connection_established"
-    subscribed = await client.request({"type": "subscribe_room", "room_id": room}, "subscribed")
-    assert subscribed["type"] == "subscribed", subscribed
-    ws.transport.pause_reading()
-    return client
 
 
 async def release(client: Client) -> tuple[int | None, str | None]:

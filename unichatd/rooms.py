@@ -46,9 +46,6 @@ class RoomDirectory:
         room = self.rooms.get(room_id)
         return tuple(room.markers) if room is not None else ()
 
-    def rooms_of(self, user_id: int) -> tuple[int, ...]:
-        return tuple(self._user_rooms.get(user_id, ()))
-
     def set_user(self, user_id: int, username: str, first_name: str) -> None:
         self.users[user_id] = (username, first_name)
 

@@ -489,10 +489,6 @@ class Store:
         )
         return [MembershipChange(*row) for row in rows]
 
-    async def integrity_check(self) -> str:
-        assert self._reader is not None
-        rows = list(await self._reader.execute_fetchall("PRAGMA integrity_check"))
-        return str(rows[0][0])
 
 
 def _insert_messages(
