@@ -1,4 +1,5 @@
-"""Cross-check ``unichatd bench`` with the C load generator (../shared/tools/wsload).
+"""Cross-check ``unichatd bench`` with the C load generator wsload (a single C file, not
+part of this repository: nothing else needs it).
 
 Builds nothing itself: compile wsload first (see its README), then e.g.
 

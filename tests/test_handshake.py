@@ -275,9 +275,10 @@ async def test_connection_established_carries_identity(server: RunningServer) ->
 # -- paths and origins -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/ws/chat", "/ws/chat/extra", "/ws/", "/WS/CHAT/"])
+@pytest.mark.parametrize("path", ["/", "/ws/chat/extra", "/ws/", "/WS/CHAT/"])
 async def test_other_path_gets_404(server: RunningServer, path: str) -> None:
-    """A WebSocket handshake on any path but the configured one gets HTTP 404."""
+    """A WebSocket handshake on any path but the configured one (with or without its
+    trailing slash) gets HTTP 404."""
     assert await handshake_status(ws_url(server, path, token=server.token(1))) == 404
 
 
@@ -311,9 +312,12 @@ async def test_missing_origin_is_accepted(tmp_path: Path) -> None:
         assert hello["type"] == "connection_established"
 
 
-async def test_any_origin_accepted_when_list_empty(server: RunningServer) -> None:
-    """With allowed_origins empty (the default), any Origin is accepted."""
-    hello = await established(ws_url(server, token=server.token(1)), origin="https://anything.example")
+async def test_foreign_origin_refused_when_list_empty(server: RunningServer) -> None:
+    """With allowed_origins empty (the default), only the server's own origin is accepted
+    (protocol.md v1.1 §1): any other Origin gets HTTP 403."""
+    assert await handshake_status(ws_url(server, token=server.token(1)), origin="https://anything.example") == 403
+    own = f"http://127.0.0.1:{server.server.port}"
+    hello = await established(ws_url(server, token=server.token(1)), origin=own)
     assert hello["type"] == "connection_established"
 
 

@@ -145,7 +145,8 @@ def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path) -> None:
         rotated = KeyRing(("k2", OTHER_KEY), {"k2": OTHER_KEY})
         new_token = mint_token(rotated, 1, "alice")
         assert _connect_status(daemon.url, new_token) == 4001
-        assert _connect_status(daemon.url, old_token, origin="https://evil.example") == "open"
+        # (the default admits the server's own origin only)
+        assert _connect_status(daemon.url, old_token, origin="https://chat.example") == http.HTTPStatus.FORBIDDEN
         _reload_config(config, 'allowed_origins = ["https://chat.example"]',
                        f'[[auth.signing_keys]]\nid = "k2"\nkey = "{OTHER_KEY}"')
         assert daemon.proc is not None

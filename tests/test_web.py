@@ -341,3 +341,35 @@ async def test_dark_mode_follows_the_system(browser: Any, chat_server: RunningSe
     background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(21, 23, 28)"
     await page.screenshot(path=str(SCREENSHOTS / "dark.png"))
+
+
+async def test_token_cookie_is_httponly_and_other_origins_cannot_use_it(browser: Any, tmp_path: Path) -> None:
+    """The signed-in page's cookie is invisible to scripts, and a page on another port of the
+    same host cannot open a socket as the signed-in user (issue 9, item 5)."""
+    (tmp_path / "own").mkdir()
+    (tmp_path / "other").mkdir()
+    own = await start_server(make_config(tmp_path / "own", server={"port": free_port()}))
+    other = await start_server(make_config(tmp_path / "other", server={"port": free_port()}))
+    try:
+        await own.create_room("general", [1])
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(f"{own.http_url}/#token={own.token(1, 'alice')}")
+        await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("document.cookie") == ""
+        cookies = await context.cookies(own.http_url)
+        assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("unichat_token", True, "Strict")]
+        # The same browser, on a page of another origin of the same site (another port: the
+        # cookie goes along, SameSite does not look at ports):
+        intruder = await context.new_page()
+        await intruder.goto(f"{other.http_url}/healthz")
+        outcome = await intruder.evaluate("""(url) => new Promise((resolve) => {
+            const ws = new WebSocket(url);
+            ws.onmessage = (event) => resolve("message: " + event.data);
+            ws.onclose = (event) => resolve("closed " + event.code);
+        })""", own.url)
+        assert outcome == "closed 1006"  # the handshake was refused (HTTP 403)
+        await context.close()
+    finally:
+        await own.server.stop()
+        await other.server.stop()

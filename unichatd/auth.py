@@ -21,6 +21,9 @@ COOKIE_NAME = "unichat_token"
 AUTH_REQUIRED = "authentication required"
 TOKEN_EXPIRED = "token expired"
 _MAX_USER_ID = 2**63 - 1
+_MAX_USER_ID_DIGITS = len(str(_MAX_USER_ID))
+MAX_EXPIRY = 253_402_300_799
+"""The last second of year 9999: a later ``exp`` cannot be shown as a timestamp."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +99,13 @@ def verify_token(token: str, key: str | KeyRing) -> Identity:
             continue
         except jwt.ExpiredSignatureError:
             raise AuthError(TOKEN_EXPIRED) from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, OverflowError, TypeError):
+            # PyJWT turns absurd numeric claims (Infinity, 1e400) into these, not PyJWTError.
             raise AuthError(AUTH_REQUIRED) from None
     if claims is None:
         raise AuthError(AUTH_REQUIRED)
     sub, name, first_name = claims.get("sub"), claims.get("name"), claims.get("first_name", "")
-    if not isinstance(sub, str) or not sub.isascii() or not sub.isdecimal():
+    if not isinstance(sub, str) or not sub.isascii() or not sub.isdecimal() or len(sub) > _MAX_USER_ID_DIGITS:
         raise AuthError(AUTH_REQUIRED)
     user_id = int(sub)
     if not 1 <= user_id <= _MAX_USER_ID:
@@ -115,7 +119,7 @@ def verify_token(token: str, key: str | KeyRing) -> Identity:
     if not _encodable(name) or not _encodable(first_name):
         raise AuthError(AUTH_REQUIRED)  # e.g. a lone surrogate: no database could store it
     exp = claims["exp"]
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not exp <= MAX_EXPIRY:
         raise AuthError(AUTH_REQUIRED)
     return Identity(user_id=user_id, username=name, first_name=first_name, expires_at=float(exp))
 

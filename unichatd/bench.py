@@ -7,7 +7,8 @@ table for people and one JSON line for scripts.
 
 The clients are Python too (websockets + uvloop), so on a 2-core machine they can be
 the bottleneck: every result carries ``client_cpu_pct`` and a warning when the client
-core was saturated.  ``../shared/tools/wsload`` (C) cross-checks the same scenarios.
+core was saturated.  ``bench/crosscheck.py`` drives an external C load generator (wsload)
+over the same scenarios.
 
 The room layout matches wsload's: rooms 1..R, room r holds users (r-1)*M+1 .. r*M, and
 the first S members of each room send.  Idle connection i is user 1000001+i.
@@ -763,7 +764,7 @@ def _print_table(result: dict[str, Any], indent: str = "") -> None:
     cpu = result.get("client_cpu_pct")
     if isinstance(cpu, float) and cpu >= 90:
         print(f"{indent}WARNING: the client used {cpu}% of its core: it, not the server, may be the "
-              "bottleneck; cross-check with ../shared/tools/wsload", file=sys.stderr)
+              "bottleneck; cross-check with bench/crosscheck.py and a C load generator", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,13 +14,12 @@ import collections
 import contextlib
 import time
 from collections import Counter
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from . import protocol
-from .auth import KeyRing
+from .auth import Identity, KeyRing
 from .config import Config
 from .errors import ClientError, RateLimited
 from .hub import Hub
@@ -78,6 +77,7 @@ class Chat:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._room_encoders: dict[int, tuple[float, tuple[int, str], protocol.RoomUpdateEncoder]] = {}
         self._membership_log_id = 0
+        self._membership_catch_up: asyncio.Future[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
 
@@ -91,7 +91,7 @@ class Chat:
         self._retention = asyncio.create_task(self._run_retention(), name="unichatd-retention")
 
     async def stop(self) -> None:
-        for task in (self._poller, self._retention):
+        for task in (self._poller, self._retention, self._membership_catch_up):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -118,38 +118,70 @@ class Chat:
     # -- connections -----------------------------------------------------------
 
     async def connect(self, session: Session) -> None:
-        identity = session.identity
+        await self.remember_user(session.identity)
+        self.hub.connect(session)
+
+    async def remember_user(self, identity: Identity) -> None:
+        """Store the user's names as their token gives them (history shows these)."""
         names = (identity.username, identity.first_name)
         if self.directory.users.get(identity.user_id) != names:
             # Only a new user or a changed name costs a write (reconnects are the common case).
             await self.store.upsert_user(identity.user_id, *names)
             self.directory.set_user(identity.user_id, *names)
-        self.hub.connect(session)
 
     def disconnect(self, session: Session) -> None:
         self.hub.disconnect(session)
         session.pending_room_updates = None
         user_id = session.user_id
         if not self.hub.is_online(user_id):
-            bucket = self._send_buckets.get(user_id)
-            if bucket is not None and bucket.is_full():
-                # Kept while not full: reconnecting must not refill a user's bucket.
-                del self._send_buckets[user_id]
+            self._forget_bucket_when_full(user_id)
             for room_id, typer in tuple(self._typing):
                 if typer == user_id:
                     self._stop_typing(room_id, user_id, session.identity.username)
+
+    def _forget_bucket_when_full(self, user_id: int) -> None:
+        """Drop an offline user's send bucket once it has refilled (it then holds nothing).
+
+        Kept until then: reconnecting must not refill a user's bucket.
+        """
+        bucket = self._send_buckets.get(user_id)
+        if bucket is None:
+            return
+        wait = bucket.seconds_until_full()
+        if wait <= 0:
+            del self._send_buckets[user_id]
+        else:
+            self._loop().call_later(wait + 0.01, self._forget_bucket_if_offline, user_id)
+
+    def _forget_bucket_if_offline(self, user_id: int) -> None:
+        if not self.hub.is_online(user_id):
+            self._forget_bucket_when_full(user_id)
 
     def check_access(self, room_id: int, user_id: int) -> None:
         # One answer for foreign and nonexistent rooms: the reply must not tell them apart.
         if not self.directory.is_participant(room_id, user_id):
             raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
 
+    async def ensure_access(self, room_id: int, user_id: int) -> None:
+        """:meth:`check_access`, after reading membership changes not applied yet.
+
+        A member added by the CLI a moment ago may use the room at once (operations.md),
+        not only after the next poll; a refusal costs one indexed read, shared by every
+        request refused meanwhile.
+        """
+        if not self.directory.is_participant(room_id, user_id):
+            await self.catch_up_membership()
+            self.check_access(room_id, user_id)
+
     # -- messages --------------------------------------------------------------
 
-    async def send_message(self, session: Session, request: protocol.SendMessage) -> None:
-        """Check, then submit; the ack and the broadcast follow the commit (see _on_stored)."""
+    async def submit_message(self, session: Session, request: protocol.SendMessage) -> asyncio.Future[Stored]:
+        """Check the send and hand it to the store; the caller answers when it commits.
+
+        The user's message bucket is taken first, so refused sends (foreign rooms
+        included) are limited like any other.
+        """
         user_id = session.user_id
-        self.check_access(request.room_id, user_id)
         bucket = self._send_buckets.get(user_id)
         if bucket is None:
             limits = self.config.limits
@@ -159,6 +191,7 @@ class Chat:
         wait_ms = bucket.take()
         if wait_ms:
             raise RateLimited(wait_ms, room_id=request.room_id)
+        await self.ensure_access(request.room_id, user_id)
         if request.reply_to is not None:
             if await self.store.message_room(request.reply_to) != request.room_id:
                 raise ClientError(
@@ -167,7 +200,7 @@ class Chat:
             # The membership may have changed while the store was asked.
             self.check_access(request.room_id, user_id)
         identity = session.identity
-        future = self.store.append_message(
+        return self.store.append_message(
             NewMessage(
                 request.room_id,
                 user_id,
@@ -178,28 +211,12 @@ class Chat:
                 request.client_msg_id,
             )
         )
-        future.add_done_callback(partial(self._on_stored, session, request))
 
-    def _on_stored(
-        self, session: Session, request: protocol.SendMessage, future: asyncio.Future[Stored]
-    ) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.error("message.store_failed", conn_id=session.conn_id, room_id=request.room_id,
-                      error=str(exc))
-            session.send_error(
-                ClientError("internal_error", "the message could not be stored",
-                            room_id=request.room_id, request_id=request.request_id)
-            )
-            return
-        stored = future.result()
-        message = stored.message
-        wire = message.to_wire()
-        session.send(protocol.message_ack_frame(message, request.request_id, wire))
+    def message_stored(self, session: Session, stored: Stored, wire: dict[str, Any]) -> None:
+        """After the commit (and the sender's ack): fan the new message out."""
         if not stored.created:
             return
+        message = stored.message
         self.stats.messages_stored += 1
         if switches.debug:
             log.debug("message.stored", conn_id=session.conn_id, user_id=message.sender_id,
@@ -216,13 +233,13 @@ class Chat:
 
     async def mark_read(self, session: Session, request: protocol.MarkRead) -> None:
         user_id, room_id = session.user_id, request.room_id
-        self.check_access(room_id, user_id)
+        await self.ensure_access(room_id, user_id)
         result = await self.store.mark_read(room_id, user_id, request.message_ids)
         if result is None:  # removed from the room while the request waited
             raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
         changed_unread = self.directory.unread(room_id, user_id) != result.unread_count
         self.directory.record_read(room_id, user_id, result.last_read_id, result.unread_count)
-        session.send(protocol.read_marked_frame(
+        session.reply(protocol.read_marked_frame(
             room_id, result.last_read_id, result.unread_count, request.request_id
         ))
         if result.moved:
@@ -234,9 +251,9 @@ class Chat:
 
     # -- typing ----------------------------------------------------------------
 
-    def typing(self, session: Session, request: protocol.Typing) -> None:
+    async def typing(self, session: Session, request: protocol.Typing) -> None:
         user_id, room_id = session.user_id, request.room_id
-        self.check_access(room_id, user_id)
+        await self.ensure_access(room_id, user_id)
         username = session.identity.username
         key = (room_id, user_id)
         if not request.is_typing:
@@ -336,11 +353,20 @@ class Chat:
         while True:
             await asyncio.sleep(MEMBERSHIP_POLL_INTERVAL)
             try:
-                changes = await self.store.membership_changes(self._membership_log_id)
-                if changes:
-                    await self._apply_membership(changes)
+                await self.catch_up_membership()
             except Exception:
                 log.exception("membership.poll_failed")
+
+    async def catch_up_membership(self) -> None:
+        """Apply the membership changes logged since the last look (one look at a time)."""
+        if self._membership_catch_up is None or self._membership_catch_up.done():
+            self._membership_catch_up = asyncio.ensure_future(self._read_membership_changes())
+        await asyncio.shield(self._membership_catch_up)
+
+    async def _read_membership_changes(self) -> None:
+        changes = await self.store.membership_changes(self._membership_log_id)
+        if changes:
+            await self._apply_membership(changes)
 
     async def _apply_membership(self, changes: list[MembershipChange]) -> None:
         snapshot = await self.store.load_rooms({change.room_id for change in changes})

@@ -7,9 +7,11 @@ people go to stderr.  Exit codes: 0 success, 1 runtime failure, 2 usage or confi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sqlite3
+import ssl
 import sys
 import time
 import urllib.error
@@ -22,12 +24,18 @@ from .config import (
     Config,
     load_config,
     load_keyring,
+    load_tls,
     render_config,
     with_overrides,
     write_private_file,
 )
 from .errors import ConfigError
+from .instance import AlreadyServing, Instance, running_instance
 from .store import AdminStore, StoreError
+
+ROOM_TYPES = ("group", "direct")
+"""``group``: any number of participants; ``direct``: a conversation of exactly two."""
+BACKUP_PREFIX = "unichatd-"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -87,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     room_commands = room.add_subparsers(dest="room_command", required=True, metavar="ACTION")
     create = room_commands.add_parser("create", parents=[config_option], help="create a room")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--type", default="group", dest="room_type", metavar="TYPE")
+    create.add_argument("--type", default="group", dest="room_type", metavar="TYPE",
+                        help="group (default) or direct (exactly two members)")
     create.add_argument("--member", type=_positive_int, action="append", default=[],
                         metavar="USER_ID")
     for action, text in (("add", "add participants"), ("remove", "remove participants")):
@@ -107,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("content", metavar="TEXT")
     send.add_argument("--as", dest="user_id", type=_positive_int, required=True, metavar="USER_ID")
     send.add_argument("--reply-to", type=_positive_int, metavar="MESSAGE_ID")
+    _add_address_options(send)
     tail = commands.add_parser("tail", parents=[config_option], help="print a room's messages as they arrive")
+    _add_address_options(tail)
     tail.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
     tail.add_argument("--as", dest="user_id", type=_positive_int, required=True, metavar="USER_ID")
     tail.add_argument("--since", type=int, default=None, metavar="MESSAGE_ID",
@@ -116,14 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser("backup", parents=[config_option],
                                  help="write a consistent copy of the database (safe while serving)")
-    backup.add_argument("path", metavar="PATH")
+    backup.add_argument("path", metavar="PATH",
+                        help="a new file, or a directory to write a timestamped copy into")
+    backup.add_argument("--keep", type=_positive_int, metavar="N",
+                        help="with a directory: keep the N newest copies, delete older ones")
     export = commands.add_parser("export", parents=[config_option],
                                  help="print a room's messages as JSON Lines, oldest first")
     export.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
 
     commands.add_parser("stop", parents=[config_option], help="stop the running server")
-    commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
+    status = commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
+    _add_address_options(status)
     return parser
+
+
+def _add_address_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="the server's address (default: the server running on the "
+                                       "configured database, else server.host)")
+    parser.add_argument("--port", type=_port, help="the server's port (default: as for --host)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"unichatd: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (_Failure, StoreError) as exc:
+    except (_Failure, StoreError, AlreadyServing) as exc:
         print(f"unichatd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except sqlite3.Error as exc:
@@ -170,7 +191,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from .log import configure_logging
     from .server import run
 
-    config = with_overrides(config, host=args.host, port=args.port, database=args.db)
+    overrides = {"host": args.host, "port": args.port, "database": args.db}
+    config = with_overrides(config, **overrides)
     configure_logging(config.log)
     keys = load_keyring(config, create=True)
     import structlog
@@ -180,7 +202,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         log.warning("config.embedded_defaults", key_file=str(config.key_path),
                     database=str(config.database_path))
     try:
-        run(config, keys)
+        run(config, keys, overrides)
     except OSError as exc:
         raise _Failure(f"cannot serve on {config.server.host}:{config.server.port}: "
                        f"{exc.strerror or exc}") from None
@@ -189,6 +211,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
     load_keyring(config, create=False)
+    load_tls(config)
     print(f"{config.source}: ok", file=sys.stderr)
     return EXIT_OK
 
@@ -206,6 +229,10 @@ def _room(config: Config, args: argparse.Namespace) -> int:
         if args.room_command == "create":
             if not args.name.strip():
                 raise ConfigError("command line", "NAME", "room name must not be empty")
+            if args.room_type not in ROOM_TYPES:
+                raise ConfigError("command line", "--type", f"must be one of {', '.join(ROOM_TYPES)}")
+            if args.room_type == "direct" and len(set(args.member)) != 2:
+                raise ConfigError("command line", "--member", "a direct room has exactly two members")
             print(store.create_room(args.name, args.room_type, args.member))
         elif args.room_command in ("add", "remove"):
             change = store.add_members if args.room_command == "add" else store.remove_members
@@ -233,14 +260,30 @@ def _print_rooms(store: AdminStore) -> None:
 
 def _backup(config: Config, args: argparse.Namespace) -> int:
     target = Path(args.path).resolve()
+    rotate = target.is_dir()
+    if rotate:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = target / f"{BACKUP_PREFIX}{stamp}.db"
+        for extra in range(1, 100):  # two backups within the same second
+            if not target.exists():
+                break
+            target = target.with_name(f"{BACKUP_PREFIX}{stamp}-{extra}.db")
+    elif args.keep is not None:
+        raise ConfigError("command line", "--keep", f"needs PATH to be a directory; {target} is not one")
     if target.exists():
         raise _Failure(f"{target} already exists; refusing to overwrite")
     store = AdminStore(config.database_path)
     try:
         store.backup(target)
+    except FileExistsError:
+        raise _Failure(f"{target} already exists; refusing to overwrite") from None
     finally:
         store.close()
     print(target)
+    if rotate and args.keep is not None:
+        copies = sorted(target.parent.glob(f"{BACKUP_PREFIX}*.db"), key=lambda path: path.stat().st_mtime_ns)
+        for old in copies[:-args.keep]:
+            old.unlink(missing_ok=True)
     return EXIT_OK
 
 
@@ -264,20 +307,26 @@ def _export(config: Config, args: argparse.Namespace) -> int:
 
 def _stop(config: Config, args: argparse.Namespace) -> int:
     pid_file = config.server.pid_file
-    if not pid_file:
-        raise ConfigError(config.source, "server.pid_file", "must be set for `unichatd stop`")
-    path = config.resolve(pid_file)
-    try:
-        pid = int(path.read_text().strip())
-    except FileNotFoundError:
-        raise _Failure(f"{path} does not exist: is the server running?") from None
-    except ValueError:
-        raise _Failure(f"{path} does not hold a process id") from None
+    if pid_file:
+        path = config.resolve(pid_file)
+        try:
+            pid = int(path.read_text().strip())
+        except FileNotFoundError:
+            raise _Failure(f"{path} does not exist: is the server running?") from None
+        except ValueError:
+            raise _Failure(f"{path} does not hold a process id") from None
+    else:
+        # Without a pid file, the server is the one holding the database's lock.
+        instance = running_instance(config.database_path)
+        if instance is None:
+            raise _Failure(f"no server is running on {config.database_path}")
+        pid = instance.pid
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        path.unlink(missing_ok=True)
-        raise _Failure(f"no process {pid} (stale {path} removed)") from None
+        if pid_file:
+            config.resolve(pid_file).unlink(missing_ok=True)
+        raise _Failure(f"no process {pid}" + (f" (stale {pid_file} removed)" if pid_file else "")) from None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -288,20 +337,39 @@ def _stop(config: Config, args: argparse.Namespace) -> int:
     raise _Failure(f"process {pid} did not exit within 30 s")
 
 
-def _local_address(config: Config) -> str:
-    """host:port to reach the configured server from this machine (wildcards → loopback)."""
-    host = config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{config.server.port}"
+def _server_address(config: Config, args: argparse.Namespace) -> Instance:
+    """Where the server is: --host/--port, else the server running on this database, else
+    the config's address."""
+    running = running_instance(config.database_path)
+    if running is not None:
+        base = running
+    else:
+        server = config.server
+        base = Instance(0, server.host, server.port, server.path, bool(server.tls_cert))
+    host = args.host if getattr(args, "host", None) else base.host
+    port = args.port if getattr(args, "port", None) is not None else base.port
+    return Instance(base.pid, host, port, base.path, base.tls)
+
+
+def _tls_context(config: Config, instance: Instance) -> ssl.SSLContext | None:
+    """For a local TLS server: its own certificate is trusted, whatever name it carries."""
+    if not instance.tls:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    # The configured certificate itself is trusted, even without its issuer at hand.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if config.server.tls_cert:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            context.load_verify_locations(config.resolve(config.server.tls_cert))
+    return context
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    url = f"http://{_local_address(config)}/healthz"
+    instance = _server_address(config, args)
+    url = f"{instance.http_url}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5, context=_tls_context(config, instance)) as response:
             body = response.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         raise _Failure(f"no server answers at {url}: {exc}") from None
@@ -309,16 +377,18 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client_for(config: Config, user_id: int) -> tuple[str, str]:
-    """The server's URL and a short-lived token for ``user_id`` under their stored name."""
+def _client_for(config: Config, args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext | None]:
+    """The server's URL, a short-lived token for ``args.user_id`` under their stored name,
+    and the TLS context to reach it with."""
     keys = load_keyring(config, create=False)
     admin = AdminStore(config.database_path)
     try:
-        username, first_name = admin.user_names(user_id)
+        username, first_name = admin.user_names(args.user_id)
     finally:
         admin.close()
-    url = f"ws://{_local_address(config)}{config.server.path}"
-    return url, mint_token(keys, user_id, username, first_name=first_name, ttl=3600)
+    instance = _server_address(config, args)
+    token = mint_token(keys, args.user_id, username, first_name=first_name, ttl=3600)
+    return instance.ws_url, token, _tls_context(config, instance)
 
 
 def _send(config: Config, args: argparse.Namespace) -> int:
@@ -326,10 +396,10 @@ def _send(config: Config, args: argparse.Namespace) -> int:
 
     from .client import ChatClient, ClientRequestError, ConnectionLost
 
-    url, token = _client_for(config, args.user_id)
+    url, token, tls = _client_for(config, args)
 
     async def post() -> int:
-        async with ChatClient(url, token, reconnect=False) as chat:
+        async with ChatClient(url, token, reconnect=False, ssl=tls) as chat:
             message = await chat.send(args.room_id, args.content, reply_to=args.reply_to)
             return int(message["id"])
 
@@ -349,7 +419,7 @@ def _tail(config: Config, args: argparse.Namespace) -> int:
 
     from .client import ChatClient, ClientRequestError, ConnectionLost
 
-    url, token = _client_for(config, args.user_id)
+    url, token, tls = _client_for(config, args)
 
     def show(message: dict[str, object]) -> None:
         if args.json:
@@ -360,7 +430,7 @@ def _tail(config: Config, args: argparse.Namespace) -> int:
             print(f"{message['timestamp']} #{message['id']} {name}: {message['content']}", flush=True)
 
     async def follow() -> None:
-        async with ChatClient(url, token) as chat:
+        async with ChatClient(url, token, ssl=tls) as chat:
             await chat.subscribe(args.room_id, args.since)
             async for event in chat:
                 if event["type"] == "new_message" and event["room_id"] == args.room_id:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import ssl as ssl_module
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -65,8 +66,11 @@ class ChatClient:
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
         request_timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.ssl = ssl
+        """TLS context for a ``wss://`` URL (None: the system's trusted certificates)."""
         self.token = token
         self.reconnect = reconnect
         self.initial_backoff = initial_backoff
@@ -101,11 +105,20 @@ class ChatClient:
     async def connect(self) -> None:
         self._ws = await self._open()
         self._reader = asyncio.create_task(self._read_forever())
+        self._reader.add_done_callback(self._reader_ended)
+
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        # A reader that dies of a bug must not leave requests and iterators waiting forever.
+        if task.cancelled() or task.exception() is None:
+            return
+        self._connected.clear()
+        self._fail_all(ConnectionLost(None, f"client reader failed: {task.exception()!r}"))
 
     async def _open(self) -> ClientConnection:
         separator = "&" if "?" in self.url else "?"
+        options: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
         ws = await websockets.connect(f"{self.url}{separator}token={self.token}", compression=None,
-                                      open_timeout=self.request_timeout)
+                                      open_timeout=self.request_timeout, **options)
         try:
             first = orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))
         except websockets.ConnectionClosed as exc:
@@ -166,7 +179,8 @@ class ChatClient:
                     self._fail_all(exc)
                     return
                 try:
-                    for room_id, last_id in self._rooms.items():
+                    # A copy: subscribe() may add a room while the re-subscribes are written.
+                    for room_id, last_id in tuple(self._rooms.items()):
                         await self._write({"type": "subscribe_room", "room_id": room_id,
                                            "last_message_id": last_id})
                 except websockets.ConnectionClosed:

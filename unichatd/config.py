@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .auth import KeyRing
 from .errors import ConfigError
@@ -47,9 +49,17 @@ class ServerConfig:
     web_client: bool = True
     """Serve the web chat client at ``/``."""
     metrics_loopback_only: bool = False
-    """Serve /metrics only to clients on 127.0.0.0/8 or ::1."""
+    """With ``metrics_token`` set, also refuse /metrics to clients off loopback (without a
+    token, /metrics is always loopback-only)."""
     metrics_token: str = ""
     """When set, /metrics requires ``Authorization: Bearer <metrics_token>``."""
+    public_url: str = ""
+    """The address people reach the server at (e.g. ``https://chat.example.com``), behind a
+    proxy; its origin is accepted as the server's own.  Default: ``http://<host>:<port>``."""
+    tls_cert: str = ""
+    """PEM certificate chain: serve ``wss://`` and ``https://`` natively (with ``tls_key``)."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +211,42 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         raise ConfigError(source, "auth.signing_key", f"must be at least {MIN_KEY_BYTES} bytes")
     if not config.server.path.startswith("/"):
         raise ConfigError(source, "server.path", "must start with '/'")
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        key = "server.tls_key" if config.server.tls_cert else "server.tls_cert"
+        raise ConfigError(source, key, "set tls_cert and tls_key together")
+    if config.server.public_url and _url_origin(config.server.public_url) is None:
+        raise ConfigError(source, "server.public_url", "must be an http:// or https:// URL, "
+                                                       "e.g. https://chat.example.com")
     return config
+
+
+def _url_origin(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_tls(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context when ``tls_cert``/``tls_key`` are set; ConfigError names the key."""
+    server = config.server
+    if not server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert, key = config.resolve(server.tls_cert), config.resolve(server.tls_key)
+    for name, path in (("server.tls_cert", cert), ("server.tls_key", key)):
+        if not path.is_file():
+            raise ConfigError(config.source, name, f"{path} does not exist")
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(config.source, "server.tls_cert",
+                          f"cannot load {cert} with {key}: {getattr(exc, 'reason', None) or exc}") from None
+    return context
 
 
 def _parse_section(name: str, table: dict[str, Any], cls: type[Any], source: str) -> Any:
@@ -369,24 +414,29 @@ def with_overrides(
 
 
 CONFIG_TEMPLATE = '''\
-# unichatd configuration. Every key is optional; the values shown are the defaults.
+# unichatd configuration. Every key is optional. The values shown are the defaults,
+# except auth.signing_key, which `unichatd init` generated for this installation.
 # Relative paths are relative to this file's directory.
 
 [server]
 host = "127.0.0.1"
 port = 8000
 path = "/ws/chat/"                # the WebSocket endpoint; any other path gets 404
-allowed_origins = []              # e.g. ["https://chat.example.com"]; empty = no Origin check
+allowed_origins = []              # e.g. ["https://chat.example.com"]; empty = the server's own origin only; ["*"] = any
 max_message_bytes = 65536         # largest frame accepted; a larger one closes with 1009
 ping_interval = 20                # seconds between keepalive pings; 0 disables them
 ping_timeout = 20                 # seconds to wait for the pong before closing with 1011
-pid_file = ""                     # written by `serve` when set, used by `stop`
+pid_file = ""                     # written by `serve` when set; `stop` finds the server without it too
 max_connections = 19000           # open connections; further handshakes get HTTP 503
 max_connections_per_user = 32     # per user; further handshakes get HTTP 429
 send_buffer_bytes = 1048576       # unsent bytes per connection before it is closed (1008)
 web_client = true                 # serve the web chat client at /
-metrics_loopback_only = false     # serve /metrics to 127.0.0.0/8 and ::1 only
-metrics_token = ""                # when set, /metrics requires "Authorization: Bearer <token>"
+metrics_token = ""                # when set, /metrics requires "Authorization: Bearer <token>";
+                                  # when empty, /metrics answers loopback clients only
+metrics_loopback_only = false     # with a metrics_token: also refuse clients off loopback
+public_url = ""                   # where people reach the server, e.g. "https://chat.example.com"
+tls_cert = ""                     # PEM certificate chain: serve wss:// natively (with tls_key)
+tls_key = ""                      # PEM private key of tls_cert
 
 [auth]
 signing_key = "{signing_key}"  # HS256 key, at least 32 bytes; or:

@@ -28,12 +28,15 @@ class ClientError(UnichatError):
         *,
         room_id: int | None = None,
         request_id: str | int | None = None,
+        client_msg_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.room_id = room_id
         self.request_id = request_id
+        self.client_msg_id = client_msg_id
+        """Set on errors answering a ``send_message`` that carried one (protocol.md §5)."""
 
 
 class RateLimited(ClientError):

@@ -57,6 +57,10 @@ class Hub(Generic[S]):
         """The user's connections (a live view: do not connect or disconnect while iterating)."""
         return self._users.get(user_id, {}).keys()
 
+    def sessions(self) -> tuple[S, ...]:
+        """Every connected subscriber."""
+        return tuple(self._memberships)
+
     def online_users(self) -> tuple[int, ...]:
         return tuple(self._users)
 

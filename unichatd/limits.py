@@ -16,9 +16,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = time.monotonic()
 
-    def is_full(self) -> bool:
-        """True when waiting longer would give nothing more (so forgetting it loses nothing)."""
-        return self._tokens + (time.monotonic() - self._updated) * self.rate >= self.burst
+    def seconds_until_full(self) -> float:
+        """How long until waiting longer would give nothing more (so forgetting it loses nothing)."""
+        tokens = self._tokens + (time.monotonic() - self._updated) * self.rate
+        return max(0.0, (self.burst - tokens) / self.rate)
 
     def take(self) -> int:
         """Take a token: 0 when granted, else the milliseconds until one is available."""

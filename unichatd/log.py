@@ -43,5 +43,8 @@ def configure_logging(config: LogConfig) -> None:
         cache_logger_on_first_use=False,
     )
     # websockets logs handshake failures through stdlib logging; keep them, quietly.
-    logging.basicConfig(level=max(_LEVELS[config.level], logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    # basicConfig adds the handler once (later calls change nothing), so the level is
+    # set on the root logger itself: a reload must change it too.
+    stdlib_level = max(_LEVELS[config.level], logging.WARNING)
+    logging.basicConfig(level=stdlib_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger().setLevel(stdlib_level)

@@ -9,6 +9,7 @@ broadcast encodes once and hands the same bytes to every recipient.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -136,10 +137,12 @@ def parse_request(text: str | bytes, *, max_content_chars: int) -> Request:
             raise ClientError("invalid_message", "field 'type' is required and must be a string")
         parser = _PARSERS.get(kind)
         if parser is None:
-            raise ClientError("unknown_type", f"unknown type {kind[:64]!r}")
+            raise ClientError("unknown_type", _unknown_type_message(kind))
         return parser(frame, request_id, max_content_chars)
     except ClientError as exc:
         exc.request_id = request_id
+        if frame.get("type") == "send_message":
+            exc.client_msg_id = _client_msg_id_or_none(frame)
         if exc.room_id is None:
             room_id = frame.get("room_id")
             if isinstance(room_id, int) and not isinstance(room_id, bool) and 1 <= room_id <= MAX_ID:
@@ -147,21 +150,41 @@ def parse_request(text: str | bytes, *, max_content_chars: int) -> Request:
         raise
 
 
-def peek_ids(text: str | bytes) -> tuple[RequestId, int | None]:
-    """The frame's request_id and room_id when they are valid, for errors raised before parsing."""
+def _unknown_type_message(kind: str) -> str:
+    """Name the unknown type, and the nearest known ones (people at wscat type ``subscribe``)."""
+    message = f"unknown type {kind[:64]!r}"
+    close = difflib.get_close_matches(kind[:64], REQUEST_TYPES, n=2, cutoff=0.6)
+    if not close and len(kind) >= 3:
+        close = [name for name in REQUEST_TYPES if name.startswith(kind)][:2]
+    if close:
+        message += "; did you mean " + " or ".join(repr(name) for name in close) + "?"
+    return message + ' (send {"type": "help"} for every request type)'
+
+
+def _client_msg_id_or_none(frame: Mapping[str, Any]) -> str | None:
+    value = frame.get("client_msg_id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_CLIENT_MSG_ID_CHARS:
+        return value
+    return None
+
+
+def peek_ids(text: str | bytes) -> tuple[RequestId, int | None, str | None]:
+    """The frame's request_id, room_id and (for a send) client_msg_id when they are valid,
+    for errors raised before parsing."""
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, None
     if not isinstance(frame, dict):
-        return None, None
+        return None, None, None
     try:
         request_id = _request_id(frame)
     except ClientError:
         request_id = None
     room_id = frame.get("room_id")
     valid_room = isinstance(room_id, int) and not isinstance(room_id, bool) and 1 <= room_id <= MAX_ID
-    return request_id, room_id if valid_room else None
+    client_msg_id = _client_msg_id_or_none(frame) if frame.get("type") == "send_message" else None
+    return request_id, room_id if valid_room else None, client_msg_id
 
 
 def _request_id(frame: Mapping[str, Any]) -> RequestId:
@@ -544,6 +567,8 @@ def error_frame(error: ClientError) -> bytes:
     fields: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.room_id is not None:
         fields["room_id"] = error.room_id
+    if error.client_msg_id is not None:
+        fields["client_msg_id"] = error.client_msg_id
     retry_after_ms = getattr(error, "retry_after_ms", None)
     if retry_after_ms is not None:
         fields["retry_after_ms"] = retry_after_ms

@@ -9,21 +9,18 @@ whose unsent data passes ``server.send_buffer_bytes`` is closed as a slow consum
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
-import functools
 import gc
-import hmac
-import html
 import http
-import importlib.resources
 import itertools
 import os
-import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -37,13 +34,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from . import routes
 from .auth import AUTH_REQUIRED, Identity, KeyRing, token_from_handshake, verify_token
 from .chat import Chat
-from .config import EMBEDDED, Config
+from .config import EMBEDDED, Config, load_tls, with_overrides
 from .errors import AuthError, ConfigError
+from .instance import Instance, InstanceLock
 from .metrics import Histogram, LoopLagMonitor
 from .session import CLOSE_AUTH, CLOSE_POLICY, Session
-from .store import Store
+from .store import Store, StoreError
 
 log = structlog.get_logger("unichatd.server")
 
@@ -52,10 +51,22 @@ GC_THRESHOLD = 20_000
 CLOSE_TIMEOUT = 5.0
 
 
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_GOING_AWAY = 1001
+
+
 class _Connection(ServerConnection):
     """A websockets connection that carries what the handshake learned of its token."""
 
     auth: Identity | AuthError | None = None
+    release: Callable[[], None] | None = None
+    """Gives back the connection's place under the connection limits (see _admit)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.release is not None:
+            release, self.release = self.release, None
+            release()
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -114,7 +125,11 @@ class _ConnectionSink:
             self.close(CLOSE_POLICY, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self.pending:
+            self.flush()  # frames queued before the close go out before it
+        if not self.closed:  # (flush may have closed it as a slow consumer)
             self.closed = True
             self.pending = None
             self._corks.server.spawn(_close_bounded(self._conn, code, reason))
@@ -174,16 +189,22 @@ class _Corks:
 class UnichatServer:
     """A running unichatd: store, chat service, listening socket."""
 
-    def __init__(self, config: Config, keys: str | KeyRing) -> None:
+    def __init__(self, config: Config, keys: str | KeyRing, *, overrides: dict[str, Any] | None = None) -> None:
         self.config = config
+        self.overrides = overrides or {}
+        """``serve``'s command-line options (host, port, database), kept over a reload."""
         self.keyring = keys if isinstance(keys, KeyRing) else KeyRing.single(keys)
         self.store = Store(config.database_path)
         self.chat = Chat(config, self.store, self.keyring)
         self._ws: Server | None = None
+        self._lock = InstanceLock(config.database_path)
+        self._tls = load_tls(config)
         self._started = time.monotonic()
         self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._corks = _Corks(self)
+        self._admitted = 0
+        self._admitted_by_user: collections.Counter[int] = collections.Counter()
         self.loop_lag = LoopLagMonitor()
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(_MetricsCollector(self))
@@ -205,17 +226,29 @@ class UnichatServer:
         try:
             await self._start()
         except BaseException:
-            # Nothing may be left running (the database thread would keep the process alive).
+            # Nothing may be left running: not the listener, not a task, not the database
+            # thread (which would keep the process alive), not the lock.
+            if self._ws is not None:
+                self._ws.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await self._ws.wait_closed()
+            for task in tuple(self._tasks):
+                task.cancel()
             await self.chat.stop()
             await self.store.close()
+            self._lock.release()
             raise
 
     async def _start(self) -> None:
-        # 1. the database (migrated) and the in-memory room directory;
+        server_config = self.config.server
+        # 1. one server per database: the lock, before anything is written;
+        self._lock.acquire()
+        self._lock.publish(self._instance(server_config.port))
+        # 2. the database (migrated) and the in-memory room directory;
         await self.store.open()
         await self.chat.start()
-        # 2. the listening socket;
-        server_config = self.config.server
+        # 3. the listening socket, not accepting yet;
         self._ws = await serve(
             self._handle,
             server_config.host,
@@ -230,55 +263,74 @@ class UnichatServer:
             server_header="unichatd",
             create_connection=_Connection,
             start_serving=False,
+            ssl=self._tls,
         )
+        self._lock.publish(self._instance(self.port))
         self.spawn(self.loop_lag.run())
         if server_config.ping_interval:
             self.spawn(self._heartbeat())
-        # What startup built lives as long as the process: keep the cyclic GC off it, and
-        # collect less often — the hot path makes short-lived objects, not cycles.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, 20, 20)
-        # 3. the pid file goes first, so whoever sees the port open finds it too; then
+        # 4. the pid file goes first, so whoever sees the port open finds it too; then
         #    accept, and tell systemd.
         if server_config.pid_file:
-            self.config.resolve(server_config.pid_file).write_text(f"{os.getpid()}\n")
+            pid_path = self.config.resolve(server_config.pid_file)
+            try:
+                pid_path.write_text(f"{os.getpid()}\n")
+            except OSError as exc:
+                raise ConfigError(self.config.source, "server.pid_file",
+                                  f"cannot write {pid_path}: {exc.strerror or exc}") from None
         await self._ws.start_serving()
         log.info("server.listening", host=server_config.host, port=self.port,
-                 path=server_config.path, database=str(self.config.database_path))
+                 path=server_config.path, database=str(self.config.database_path), tls=self._tls is not None)
         notify_systemd("READY=1")
         watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
         if watchdog_usec.isdigit() and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
             self.spawn(_watchdog(int(watchdog_usec) / 1e6 / 2))
 
+    def _instance(self, port: int) -> Instance:
+        server_config = self.config.server
+        return Instance(os.getpid(), server_config.host, port, server_config.path, self._tls is not None)
+
     async def stop(self) -> None:
-        """Shut down in order, each step bounded."""
+        """Shut down in order, each step bounded (protocol.md §5: every committed send is
+        acknowledged before the 1001 close)."""
         notify_systemd("STOPPING=1")
         log.info("server.stopping")
-        # 1. stop accepting and close every connection with 1001 (going away);
         if self._ws is not None:
-            self._ws.close()
+            # 1. stop accepting (handshakes still in progress get 503);
+            self._ws.close(close_connections=False)
+            # 2. stop executing what connections send from now on;
+            sessions = self.chat.hub.sessions()
+            for session in sessions:
+                session.draining = True
+            # 3. finish the writes already accepted: their acks are written now;
+            with contextlib.suppress(TimeoutError, StoreError):
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await self.store.flush()
+            self._corks.flush()
+            # 4. close every connection with 1001 (going away), after what it is owed;
+            for conn in tuple(self._ws.connections):
+                self.spawn(_close_bounded(conn, CLOSE_GOING_AWAY, "server shutting down"))
             try:
                 async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                     await self._ws.wait_closed()
             except TimeoutError:
                 # Peers that never took their close frame (not reading) are cut off.
-                # (all_connections: those already closing are no longer in .connections)
                 log.warning("server.close_timeout", aborted=len(self._ws.all_connections))
                 for conn in tuple(self._ws.all_connections):
                     conn.transport.abort()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_TIMEOUT):
                         await self._ws.wait_closed()
-        # 2. end timers and background work;
+        # 5. end timers and background work;
         await self.chat.stop()
         for task in tuple(self._tasks):
             task.cancel()
-        # 3. finish every write already accepted, then close the database.
+        # 6. anything still queued is written, then the database is closed, then the lock freed.
         await self.store.close()
         if self.config.server.pid_file:
             with contextlib.suppress(OSError):
                 self.config.resolve(self.config.server.pid_file).unlink()
+        self._lock.release()
         log.info("server.stopped")
 
     async def _heartbeat(self) -> None:
@@ -286,7 +338,7 @@ class UnichatServer:
         answered within ``ping_timeout`` (what websockets' per-connection keepalive does)."""
         assert self._ws is not None
         loop = asyncio.get_running_loop()
-        outstanding: dict[ServerConnection, tuple[float, Awaitable[float] | None]] = {}
+        outstanding: dict[ServerConnection, tuple[float, Awaitable[Any] | None]] = {}
         next_round = loop.time() + self.config.server.ping_interval
         while True:
             interval, timeout = self.config.server.ping_interval, self.config.server.ping_timeout
@@ -305,7 +357,9 @@ class UnichatServer:
                 elif timeout and now - sent_at >= timeout:
                     del outstanding[conn]
                     log.info("connection.ping_timeout", remote=_remote(conn))
-                    self.spawn(_close_bounded(conn, 1011, "keepalive ping timeout"))
+                    if isinstance(waiter, asyncio.Task):
+                        waiter.cancel()
+                    self.spawn(_close_bounded(conn, CLOSE_INTERNAL_ERROR, "keepalive ping timeout"))
             # 2. each round, every connection without a ping in flight gets one.
             if now < next_round:
                 continue
@@ -319,6 +373,12 @@ class UnichatServer:
                     # until it reads again.
                     outstanding[conn] = (now, None)
                     continue
+                transport = conn.transport
+                if transport.get_write_buffer_size() + _PING_FRAME_BYTES > transport.get_write_buffer_limits()[1]:
+                    # The ping would push it over the high-water mark, and ping() would then
+                    # wait for the peer to read: that wait happens in a task of its own.
+                    outstanding[conn] = (now, asyncio.ensure_future(_ping_and_wait(conn)))
+                    continue
                 with contextlib.suppress(ConnectionClosed):
                     outstanding[conn] = (now, await conn.ping())
 
@@ -326,33 +386,29 @@ class UnichatServer:
         """SIGHUP: re-read the config file and apply what can change without a restart.
 
         Log level and format, limits, allowed origins, connection limits, the send buffer
-        and the signing keys change at once; the address, path, database and ping times
-        need a restart (a warning names them).  A config that fails validation is ignored
-        and logged; the server keeps running on the previous one.
+        and the signing keys change at once; the address, path, database, TLS files and
+        ping times need a restart (a warning names them).  ``serve``'s command-line
+        options still apply.  A config that fails validation is ignored and logged; the
+        server keeps running on the previous one.
         """
         from .config import load_config, load_keyring
         from .log import configure_logging
 
         current = self.config
         try:
-            fresh = load_config(None if current.source == EMBEDDED else current.source)
+            fresh = with_overrides(load_config(None if current.source == EMBEDDED else current.source),
+                                   **self.overrides)
             keyring = load_keyring(fresh, create=False)
         except ConfigError as exc:
             log.error("config.reload_failed", error=str(exc))
             return
         old_server, new_server = current.server, fresh.server
-        fixed = [name for name in ("host", "port", "path", "max_message_bytes", "ping_interval",
-                                   "ping_timeout", "pid_file")
-                 if getattr(new_server, name) != getattr(old_server, name)]
+        fixed = [name for name in _RESTART_KEYS if getattr(new_server, name) != getattr(old_server, name)]
         if fresh.database_path != current.database_path:
             fixed.append("storage.database")
         if fixed:
             log.warning("config.reload_needs_restart", keys=fixed)
-        server = dataclasses.replace(
-            new_server, **{name: getattr(old_server, name) for name in
-                           ("host", "port", "path", "max_message_bytes", "ping_interval",
-                            "ping_timeout", "pid_file")}
-        )
+        server = dataclasses.replace(new_server, **{name: getattr(old_server, name) for name in _RESTART_KEYS})
         self.config = dataclasses.replace(fresh, server=server, storage=current.storage,
                                           base_dir=current.base_dir)
         self.keyring = keyring
@@ -363,76 +419,111 @@ class UnichatServer:
     # -- HTTP --------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._route(connection, request)
+        except routes.BadRequest as exc:
+            self.chat.stats.connections_refused["bad_request"] += 1
+            return routes.error(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == self.config.server.path:
+        ws_path = self.config.server.path
+        routes.header(request, "Host")  # (sent twice: which site is asked for is ambiguous)
+        upgrade = routes.header(request, "Upgrade")
+        if path == ws_path or path.rstrip("/") == ws_path.rstrip("/"):
+            if request.method != "GET":
+                return routes.method_not_allowed({"GET"})
             return self._check_handshake(connection, request)
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if upgrade is not None and upgrade.lower() == "websocket":
             # A WebSocket handshake anywhere else is refused, whatever plain GET serves there.
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
-        if self.config.server.web_client and (path == "/" or path.startswith("/static/")):
-            return self._web_client(connection, request, path)
+            return routes.not_found()
+        if self.config.server.web_client and (
+            path in ("/", "/favicon.ico") or path.startswith("/static/")
+        ):
+            if request.method not in routes.READ_METHODS:
+                return routes.method_not_allowed(routes.READ_METHODS)
+            return routes.web_client(request, path, ws_path)
+        if self.config.server.web_client and path == routes.SESSION_PATH:
+            return self._session(connection, request)
         if path == "/healthz":
+            if request.method not in routes.READ_METHODS:
+                return routes.method_not_allowed(routes.READ_METHODS)
             body = orjson.dumps(self.chat.health(time.monotonic() - self._started))
-            return _response(http.HTTPStatus.OK, body, "application/json")
+            return routes.respond(http.HTTPStatus.OK, body, "application/json", head=request.method == "HEAD")
         if path == "/metrics":
+            if request.method not in routes.READ_METHODS:
+                return routes.method_not_allowed(routes.READ_METHODS)
             refusal = self._metrics_refusal(connection, request)
             if refusal is not None:
                 return refusal
-            return _response(http.HTTPStatus.OK, generate_latest(self._registry),
-                             "text/plain; version=0.0.4; charset=utf-8")
-        return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+            return routes.respond(http.HTTPStatus.OK, generate_latest(self._registry),
+                                  "text/plain; version=0.0.4; charset=utf-8", head=request.method == "HEAD")
+        return routes.not_found(head=request.method == "HEAD")
 
-    def _web_client(self, connection: ServerConnection, request: Request, path: str) -> Response:
-        name = "index.html" if path == "/" else path.removeprefix("/static/")
-        body = _web_file(name)
-        if body is None:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
-        content_type = _CONTENT_TYPES[name.rsplit(".", 1)[-1]]
-        if name == "index.html":
-            body = body.replace(b"{{WS_PATH}}", html.escape(self.config.server.path).encode())
-        response = _response(http.HTTPStatus.OK, body, content_type)
-        headers = response.headers
-        # The page may talk only to its own origin, WebSocket included; the token sits in
-        # sessionStorage, so no script from elsewhere may run here.
-        host = request.headers.get("Host", "")
-        ws_sources = f" ws://{host} wss://{host}" if _HOST_PATTERN.fullmatch(host) else ""
-        headers["Content-Security-Policy"] = (
-            f"default-src 'self'; connect-src 'self'{ws_sources}; img-src 'self' data:; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
-        )
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
-        return response
+    def _session(self, connection: ServerConnection, request: Request) -> Response:
+        """``GET /session`` with a Bearer token sets the web client's HttpOnly cookie;
+        ``DELETE /session`` clears it (signing out)."""
+        secure = self._tls is not None or self.config.server.public_url.startswith("https:")
+        if request.method == "DELETE":
+            return routes.respond(http.HTTPStatus.OK, b"{}\n", "application/json",
+                                  extra=[routes.session_cookie("", 0, secure=secure)])
+        if request.method != "GET":
+            return routes.method_not_allowed({"GET", "DELETE"})
+        refusal = self._origin_refusal(request)
+        if refusal is not None:
+            return refusal
+        authorization = routes.header(request, "Authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError(AUTH_REQUIRED)
+            identity = verify_token(token.strip(), self.keyring)
+        except AuthError as exc:
+            return routes.error(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.reason,
+                                extra=[("WWW-Authenticate", "Bearer")])
+        max_age = int(identity.expires_at - time.time())
+        body = orjson.dumps({"user_id": identity.user_id, "username": identity.username}) + b"\n"
+        return routes.respond(http.HTTPStatus.OK, body, "application/json",
+                              extra=[routes.session_cookie(token.strip(), max_age, secure=secure)])
 
     def _metrics_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server
-        if server_config.metrics_loopback_only:
-            address = connection.remote_address
-            host = address[0] if address else ""
-            if not (host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")):
-                return connection.respond(http.HTTPStatus.FORBIDDEN, "Metrics are served to loopback only\n")
-        if server_config.metrics_token:
-            expected = f"Bearer {server_config.metrics_token}"
-            if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
-                response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Bearer token required\n")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+        address = connection.remote_address
+        loopback = routes.is_loopback(str(address[0])) if address else False
+        # Without a token, only this machine may read the metrics; with one, whoever has it
+        # (unless metrics_loopback_only keeps them on this machine as well).
+        if not loopback and (not server_config.metrics_token or server_config.metrics_loopback_only):
+            return routes.error(http.HTTPStatus.FORBIDDEN, "forbidden", "metrics are served to loopback only")
+        if server_config.metrics_token and not routes.bearer_matches(
+            routes.header(request, "Authorization"), server_config.metrics_token
+        ):
+            return routes.error(http.HTTPStatus.UNAUTHORIZED, "unauthorized", "bearer token required",
+                                extra=[("WWW-Authenticate", "Bearer")])
         return None
+
+    def _origin_refusal(self, request: Request) -> Response | None:
+        server_config = self.config.server
+        origin = routes.header(request, "Origin")
+        host = routes.header(request, "Host")
+        if routes.origin_allowed(origin, host, server_config.allowed_origins, server_config.public_url):
+            return None
+        assert origin is not None
+        self.chat.stats.connections_refused["origin"] += 1
+        log.warning("connection.refused", reason="origin", origin=origin[:200])
+        return routes.error(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server
-        origin = request.headers.get("Origin")
-        if server_config.allowed_origins and origin is not None and (
-            origin not in server_config.allowed_origins
-        ):
-            self.chat.stats.connections_refused["origin"] += 1
-            log.warning("connection.refused", reason="origin", origin=origin[:200])
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
-        if self.chat.hub.connection_count >= server_config.max_connections:
+        refusal = self._origin_refusal(request)
+        if refusal is not None:
+            return refusal
+        token = token_from_handshake(request.path, routes.handshake_headers(request))
+        # The limits count handshakes admitted, not sessions opened: many handshakes at
+        # once must not all pass before the first of them is counted.
+        if self._admitted >= server_config.max_connections:
             self.chat.stats.connections_refused["max_connections"] += 1
             log.warning("connection.refused", reason="max_connections")
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is full\n")
-        token = token_from_handshake(request.path, request.headers)
+            return routes.error(http.HTTPStatus.SERVICE_UNAVAILABLE, "server_full", "server is full")
         auth: Identity | AuthError
         try:
             if token is None:
@@ -441,16 +532,30 @@ class UnichatServer:
         except AuthError as exc:
             auth = exc
         else:
-            per_user = len(tuple(self.chat.hub.connections_of(auth.user_id)))
-            if per_user >= server_config.max_connections_per_user:
+            if self._admitted_by_user[auth.user_id] >= server_config.max_connections_per_user:
                 self.chat.stats.connections_refused["max_connections_per_user"] += 1
                 log.warning("connection.refused", reason="max_connections_per_user",
                             user_id=auth.user_id)
-                return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
-                                          "Too many connections for this user\n")
+                return routes.error(http.HTTPStatus.TOO_MANY_REQUESTS, "too_many_connections",
+                                    "too many connections for this user")
         assert isinstance(connection, _Connection)
         connection.auth = auth
+        self._admit(connection, auth.user_id if isinstance(auth, Identity) else None)
         return None
+
+    def _admit(self, connection: _Connection, user_id: int | None) -> None:
+        self._admitted += 1
+        if user_id is not None:
+            self._admitted_by_user[user_id] += 1
+
+        def release() -> None:
+            self._admitted -= 1
+            if user_id is not None:
+                self._admitted_by_user[user_id] -= 1
+                if not self._admitted_by_user[user_id]:
+                    del self._admitted_by_user[user_id]
+
+        connection.release = release
 
     # -- WebSocket ---------------------------------------------------------------
 
@@ -465,12 +570,17 @@ class UnichatServer:
         conn_id = next(self._conn_ids)
         sink = _ConnectionSink(connection, self._corks)
         session = Session(conn_id, auth, sink, self.chat)
-        log.info("connection.opened", conn_id=conn_id, user_id=auth.user_id, remote=_remote(connection))
         # The handshake's headers are not needed any more; an idle connection should not
         # carry a few kilobytes of them for its whole life.
         _forget_handshake(connection)
         try:
             await session.open()
+        except StoreError:
+            # The store logged the cause (once); the client learns the server cannot serve it.
+            await _close_bounded(connection, CLOSE_INTERNAL_ERROR, "database unavailable")
+            return
+        log.info("connection.opened", conn_id=conn_id, user_id=auth.user_id, remote=_remote(connection))
+        try:
             async for frame in connection:
                 if isinstance(frame, str):
                     await session.handle_text(frame)
@@ -481,28 +591,19 @@ class UnichatServer:
         finally:
             session.closed_by_peer()
             log.info("connection.closed", conn_id=conn_id, user_id=auth.user_id, code=connection.close_code,
-                       reason=connection.close_reason)
+                     reason=connection.close_reason)
 
 
-_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
-                  "css": "text/css; charset=utf-8"}
-_WEB_FILES = ("index.html", "app.js", "style.css")
-_HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_RESTART_KEYS = ("host", "port", "path", "max_message_bytes", "ping_interval", "ping_timeout", "pid_file",
+                 "tls_cert", "tls_key")
+_PING_FRAME_BYTES = 6
+"""A ping with websockets' 4-byte payload: two header bytes and the payload."""
 
 
-@functools.cache
-def _web_file(name: str) -> bytes | None:
-    if name not in _WEB_FILES:
-        return None
-    return importlib.resources.files("unichatd").joinpath("web", name).read_bytes()
-
-
-def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))),
-         ("Cache-Control", "no-store")]
-    )
-    return Response(status.value, status.phrase, headers, body)
+async def _ping_and_wait(conn: ServerConnection) -> None:
+    """A ping that may wait for the peer to read first; done when the pong comes."""
+    with contextlib.suppress(ConnectionClosed):
+        await (await conn.ping())
 
 
 _NO_HEADERS = Headers()
@@ -595,9 +696,9 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def serve_forever(config: Config, keys: KeyRing) -> None:
+async def serve_forever(config: Config, keys: KeyRing, overrides: dict[str, Any] | None = None) -> None:
     """Run until SIGTERM or SIGINT (a second one exits at once); SIGHUP reloads the config."""
-    server = UnichatServer(config, keys)
+    server = UnichatServer(config, keys, overrides=overrides)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -613,16 +714,22 @@ async def serve_forever(config: Config, keys: KeyRing) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
+    # What startup built lives as long as the process: keep the cyclic GC off it, and
+    # collect less often — the hot path makes short-lived objects, not cycles.  (A
+    # process-wide setting, so it belongs to the process's entry point, not the server.)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
     try:
         await stop.wait()
     finally:
         await server.stop()
 
 
-def run(config: Config, keys: KeyRing) -> None:
+def run(config: Config, keys: KeyRing, overrides: dict[str, Any] | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve_forever(config, keys))
+        asyncio.run(serve_forever(config, keys, overrides))
     else:
-        uvloop.run(serve_forever(config, keys))
+        uvloop.run(serve_forever(config, keys, overrides))

@@ -7,8 +7,10 @@ implements over a websockets connection and the tests can implement over a list.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -19,10 +21,12 @@ from .chat import ROOM_UPDATE_PIGGYBACK, Chat
 from .errors import AuthError, ClientError, CloseConnection, RateLimited
 from .limits import FloodGuard, TokenBucket
 from .log import switches
+from .store import Stored
 
 log = structlog.get_logger("unichatd.session")
 
 CATCH_UP_LIMIT = 100
+REPLIES_OWED_TIMEOUT = 5.0
 CLOSE_AUTH = 4001
 CLOSE_POLICY = 1008
 
@@ -37,13 +41,24 @@ class Sink(Protocol):
         """Start closing the connection with ``code``; later sends are dropped."""
 
 
+class _Reply:
+    """A place in the order of a connection's replies (protocol.md §5, "Reply order")."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: bytes | None = None) -> None:
+        self.frame = frame
+        """The reply; None while it is still owed (b"" when nothing is to be sent)."""
+
+
 class Session:
     """The state of one authenticated connection."""
 
     __slots__ = (
-        "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed",
+        "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed", "draining",
         "pending_room_updates", "room_updates_since", "_catching_up", "_caught_up_to",
-        "_frames", "_frame_flood", "_send_flood", "_expiry", "__weakref__",
+        "_frames", "_frame_flood", "_send_flood", "_expiry", "_replies", "_replies_out", "_close_after_replies",
+        "__weakref__",
     )
 
     def __init__(self, conn_id: int, identity: Identity, sink: Sink, chat: Chat) -> None:
@@ -54,7 +69,15 @@ class Session:
         self.chat = chat
         self._sink = sink
         self.send: Callable[[bytes], None] = sink.send
+        """Queue a frame now: broadcasts, and replies when none is owed before them."""
         self.closed = False
+        self.draining = False
+        """Set at shutdown: frames received from now on are not executed."""
+        self._replies: collections.deque[_Reply] | None = None
+        """Replies waiting for an earlier one (a send's ack waits for its commit)."""
+        self._replies_out: asyncio.Future[None] | None = None
+        self._close_after_replies: tuple[int, str] | None = None
+        """(code, reason) of a close that waits for the replies still owed."""
         self.pending_room_updates: set[int] | None = None
         """Rooms whose room_updated this connection is owed (see Chat.flush_room_updates_of)."""
         self.room_updates_since = 0.0
@@ -86,8 +109,22 @@ class Session:
         self.send(protocol.connection_established_frame(self.user_id, self.identity.username))
 
     def close(self, code: int, reason: str) -> None:
-        if not self.closed:
-            self.closed = True
+        """Stop executing frames and close; replies still owed (acks of committed sends)
+        go out first, within REPLIES_OWED_TIMEOUT."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self._replies:
+            self._sink.close(code, reason)
+            return
+        self._close_after_replies = (code, reason)
+        # A store that never answers must not keep the connection open.
+        asyncio.get_running_loop().call_later(REPLIES_OWED_TIMEOUT, self._close_now)
+
+    def _close_now(self) -> None:
+        if self._close_after_replies is not None:
+            code, reason = self._close_after_replies
+            self._close_after_replies = None
             self._sink.close(code, reason)
 
     def closed_by_peer(self) -> None:
@@ -131,20 +168,66 @@ class Session:
             stats.rate_limited += 1
         if switches.debug:
             log.debug("error.sent", conn_id=self.conn_id, user_id=self.user_id, code=error.code)
-        self.send(protocol.error_frame(error))
+        self.reply(protocol.error_frame(error))
+
+    # -- replies in request order ------------------------------------------------
+
+    def reply(self, frame: bytes) -> None:
+        """Send the direct reply to a request, after every reply still owed before it."""
+        replies = self._replies
+        if replies:
+            replies.append(_Reply(frame))
+        else:
+            self.send(frame)
+
+    def _reserve_reply(self) -> _Reply:
+        if self._replies is None:
+            self._replies = collections.deque()
+        slot = _Reply()
+        self._replies.append(slot)
+        return slot
+
+    def _fulfil(self, slot: _Reply, frame: bytes) -> None:
+        slot.frame = frame
+        replies = self._replies
+        assert replies is not None
+        while replies and (ready := replies[0].frame) is not None:
+            replies.popleft()
+            if ready:
+                self.send(ready)
+        if not replies:
+            if self._replies_out is not None:
+                if not self._replies_out.done():
+                    self._replies_out.set_result(None)
+                self._replies_out = None
+            self._close_now()
+
+    async def _replies_sent(self) -> None:
+        """Wait until no reply is owed (before answers that live frames follow)."""
+        if self._replies:
+            if self._replies_out is None:
+                self._replies_out = asyncio.get_running_loop().create_future()
+            await self._replies_out
 
     # -- incoming --------------------------------------------------------------
 
     async def handle_text(self, text: str) -> None:
         """Answer one text frame; errors become ``error`` frames, never exceptions."""
-        if self.closed:
-            return  # closing (expired token, flood, slow consumer): nothing more is executed
+        if self.closed or self.draining:
+            return  # closing (expired token, flood, slow consumer, shutdown): nothing more is executed
         request: protocol.Request | None = None
         try:
-            self._check_frame_rate(text)
-            request = protocol.parse_request(
-                text, max_content_chars=self.chat.config.limits.max_content_chars
-            )
+            try:
+                request = protocol.parse_request(
+                    text, max_content_chars=self.chat.config.limits.max_content_chars
+                )
+            except ClientError:
+                self._check_frame_rate(text)  # a refused frame costs a token like any other
+                raise
+            if type(request) is not protocol.SendMessage:
+                # Sends are limited by the user's message bucket alone (protocol.md §5,
+                # "Limits compose"): raising messages_per_second lets a bot send faster.
+                self._check_frame_rate(text)
             pending = _HANDLERS[type(request)](self, request)
             if pending is not None:
                 await pending
@@ -152,14 +235,19 @@ class Session:
             if request is not None:
                 exc.request_id = request.request_id
                 exc.room_id = exc.room_id or getattr(request, "room_id", None)
-                if isinstance(request, protocol.SendMessage) and self._send_flood.refused():
-                    self.chat.stats.flood_closes += 1
-                    self.close(CLOSE_POLICY, "rate limit exceeded")
-                    return
+                if isinstance(request, protocol.SendMessage):
+                    exc.client_msg_id = request.client_msg_id
+                    if self._send_flood.refused():
+                        self.chat.stats.flood_closes += 1
+                        self.close(CLOSE_POLICY, "rate limit exceeded")
+                        return
             self.send_error(exc)
         except ClientError as exc:
-            if exc.request_id is None and request is not None:
-                exc.request_id = request.request_id
+            if request is not None:
+                if exc.request_id is None:
+                    exc.request_id = request.request_id
+                if isinstance(request, protocol.SendMessage):
+                    exc.client_msg_id = request.client_msg_id
             self.send_error(exc)
         except CloseConnection as exc:
             self.close(exc.code, exc.reason)
@@ -170,6 +258,7 @@ class Session:
                 "internal_error", "the server failed to handle this request",
                 request_id=request.request_id if request is not None else None,
                 room_id=getattr(request, "room_id", None),
+                client_msg_id=getattr(request, "client_msg_id", None),
             ))
 
     def handle_binary(self) -> None:
@@ -195,7 +284,7 @@ class Session:
             raise CloseConnection(CLOSE_POLICY, "rate limit exceeded")
         refusal = RateLimited(wait_ms)
         if text is not None:  # the client still needs to tell which request this answers
-            refusal.request_id, refusal.room_id = protocol.peek_ids(text)
+            refusal.request_id, refusal.room_id, refusal.client_msg_id = protocol.peek_ids(text)
         raise refusal
 
     # -- requests ----------------------------------------------------------------
@@ -203,6 +292,10 @@ class Session:
     async def _subscribe(self, request: protocol.Subscribe) -> None:
         room_id = request.room_id
         chat = self.chat
+        await chat.ensure_access(room_id, self.user_id)
+        # The room's live frames follow `subscribed` (and `history`), so those go out now,
+        # not queued behind a send's ack that is still owed.
+        await self._replies_sent()
         chat.check_access(room_id, self.user_id)
         if request.last_message_id is None:
             chat.hub.subscribe(room_id, self)
@@ -250,26 +343,46 @@ class Session:
         if messages and not any(message_id is not None and message_id >= seen for _, message_id in held):
             self._caught_up_to[room_id] = seen
 
-    def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
-        self.chat.check_access(request.room_id, self.user_id)
+    async def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
+        await self.chat.ensure_access(request.room_id, self.user_id)
         self.chat.hub.unsubscribe(request.room_id, self)
         self._caught_up_to.pop(request.room_id, None)
-        self.send(protocol.unsubscribed_frame(request.room_id, request.request_id))
+        self.reply(protocol.unsubscribed_frame(request.room_id, request.request_id))
 
-    def _send_message(self, request: protocol.SendMessage) -> Awaitable[None]:
-        return self.chat.send_message(self, request)
+    async def _send_message(self, request: protocol.SendMessage) -> None:
+        future = await self.chat.submit_message(self, request)
+        # The ack is owed from now on: replies to later requests wait for it.
+        future.add_done_callback(partial(self._message_stored, request, self._reserve_reply()))
+
+    def _message_stored(self, request: protocol.SendMessage, slot: _Reply, future: asyncio.Future[Stored]) -> None:
+        if future.cancelled():
+            self._fulfil(slot, b"")
+            return
+        exc = future.exception()
+        if exc is not None:
+            if switches.debug:  # (the store logged the cause, once)
+                log.debug("message.store_failed", conn_id=self.conn_id, room_id=request.room_id, error=str(exc))
+            error = ClientError("internal_error", "the message could not be stored", room_id=request.room_id,
+                                request_id=request.request_id, client_msg_id=request.client_msg_id)
+            self.chat.stats.errors[error.code] += 1
+            self._fulfil(slot, protocol.error_frame(error))
+            return
+        stored = future.result()
+        wire = stored.message.to_wire()
+        self._fulfil(slot, protocol.message_ack_frame(stored.message, request.request_id, wire))
+        self.chat.message_stored(self, stored, wire)
 
     def _mark_read(self, request: protocol.MarkRead) -> Awaitable[None]:
         return self.chat.mark_read(self, request)
 
-    def _typing(self, request: protocol.Typing) -> None:
-        self.chat.typing(self, request)
+    def _typing(self, request: protocol.Typing) -> Awaitable[None]:
+        return self.chat.typing(self, request)
 
     def _room_list(self, request: protocol.GetRoomList) -> None:
-        self.send(protocol.room_list_frame(self.chat.room_list(self.user_id), request.request_id))
+        self.reply(protocol.room_list_frame(self.chat.room_list(self.user_id), request.request_id))
 
     async def _history(self, request: protocol.GetHistory) -> None:
-        self.chat.check_access(request.room_id, self.user_id)
+        await self.chat.ensure_access(request.room_id, self.user_id)
         messages, has_more = await self.chat.store.history(
             request.room_id,
             before_id=request.before_id,
@@ -281,29 +394,31 @@ class Session:
             truncated = pruned_through > request.after_id
         else:  # the page reached the oldest message left, and retention deleted older ones
             truncated = not has_more and pruned_through > 0
-        self.send(protocol.history_frame(request.room_id, messages, has_more, request.request_id,
-                                         truncated=truncated))
+        self.reply(protocol.history_frame(request.room_id, messages, has_more, request.request_id,
+                                          truncated=truncated))
 
-    def _refresh_token(self, request: protocol.RefreshToken) -> None:
+    async def _refresh_token(self, request: protocol.RefreshToken) -> None:
         try:
             identity = verify_token(request.token, self.chat.keyring)
         except AuthError as exc:
             raise ClientError("invalid_message", f"token refused: {exc.reason}") from None
         if identity.user_id != self.user_id:
             raise ClientError("invalid_message", "token refused: it is for another user")
+        # A new name in the token is the user's name from now on, in history too.
+        await self.chat.remember_user(identity)
         self.identity = identity
         self._schedule_expiry()
-        self.send(protocol.token_refreshed_frame(identity.expires_at, request.request_id))
+        self.reply(protocol.token_refreshed_frame(identity.expires_at, request.request_id))
 
     def _ping(self, request: protocol.Ping) -> None:
-        self.send(protocol.pong_frame(request.request_id))
+        self.reply(protocol.pong_frame(request.request_id))
 
     def _help(self, request: protocol.Help) -> None:
-        self.send(protocol.help_frame(request.request_id))
+        self.reply(protocol.help_frame(request.request_id))
 
     def _whoami(self, request: protocol.WhoAmI) -> None:
         identity = self.identity
-        self.send(protocol.whoami_frame(
+        self.reply(protocol.whoami_frame(
             identity.user_id, identity.username, identity.first_name,
             tuple(self.chat.hub.rooms_of(self)), identity.expires_at, request.request_id,
         ))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,8 +118,32 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does): a second ROLLBACK would
+        # fail and hide the real cause.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
+
+
+def create_private(path: Path) -> None:
+    """Make sure a data file is readable by its owner alone (mode 0600).
+
+    SQLite gives the WAL and shared-memory files the mode of the database file, so a
+    database created here keeps all three private; an older one is tightened.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # (a directory we cannot write: SQLite reports it with the path)
+    for existing in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):
+            mode = existing.stat().st_mode
+            if mode & 0o077:
+                existing.chmod(mode & 0o700)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -138,6 +163,7 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def open_sync(path: Path) -> sqlite3.Connection:
     """A configured, migrated connection for the CLI (autocommit; explicit transactions)."""
+    create_private(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         _configure(conn)
@@ -249,6 +275,8 @@ class Store:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_id = 1
+        self._failure: str | None = None
+        """The error the last write failed with, until a write succeeds (logged once)."""
         self.batch_sizes = Histogram(BATCH_BOUNDS)
         """Operations per group-commit transaction (for metrics)."""
         self.write_latency = Histogram(LATENCY_BOUNDS)
@@ -256,6 +284,7 @@ class Store:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
+        create_private(self.path)
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._call(_configure)
@@ -348,6 +377,10 @@ class Store:
         """Move the user's read marker; resolves to None when they are not a participant."""
         return self._submit("read", (room_id, user_id, tuple(message_ids)))
 
+    def flush(self) -> asyncio.Future[None]:
+        """Resolves once every write submitted before it has committed and been answered."""
+        return self._submit("barrier", None)
+
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
         return self._submit("user", (user_id, username, first_name))
 
@@ -385,6 +418,10 @@ class Store:
                 # The transaction was rolled back. Whatever made it fail must not fail the
                 # others: each operation is tried again in a transaction of its own.
                 results = [await self._write_alone(op) for op in batch]
+            else:
+                if self._failure is not None:
+                    log.warning("store.write_recovered", after=self._failure)
+                    self._failure = None
             finally:
                 self.batch_sizes.observe(len(batch))
                 self.write_latency.observe(time.perf_counter() - started)
@@ -402,7 +439,10 @@ class Store:
         try:
             return (await self._call(partial(self._write_batch, batch=[op])))[0]
         except Exception as exc:
-            log.error("store.write_failed", kind=op.kind, error=str(exc))
+            # A full disk or a read-only file fails every write alike: say so once, not per write.
+            if str(exc) != self._failure:
+                self._failure = str(exc)
+                log.error("store.write_failed", kind=op.kind, error=str(exc), database=str(self.path))
             return _Failed(str(exc))
 
     def _write_batch(self, conn: sqlite3.Connection, *, batch: list[_Op]) -> list[Any]:
@@ -438,6 +478,8 @@ class Store:
                     results.append(_load_rooms(conn, op.payload))
                 elif op.kind == "prune":
                     results.append(_prune(conn, *op.payload))
+                elif op.kind == "barrier":
+                    results.append(None)
                 else:  # pragma: no cover - the submitters above are the only ones
                     raise AssertionError(op.kind)
                 start += 1
@@ -742,9 +784,15 @@ class AdminStore:
         """A consistent copy of the whole database, taken while the daemon keeps writing.
 
         ``VACUUM INTO`` reads one snapshot (WAL lets writers go on) and writes a compact,
-        self-contained file; it refuses an existing target.
+        self-contained file.  The target is created here first, empty and private (0600),
+        which VACUUM INTO accepts; an existing target raises FileExistsError.
         """
-        self.conn.execute("VACUUM INTO ?", (str(target),))
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self.conn.execute("VACUUM INTO ?", (str(target),))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     def export_room(self, room_id: int, *, chunk: int = 1000) -> Iterator[Message]:
         """Every message of the room, oldest first, fetched ``chunk`` rows at a time."""

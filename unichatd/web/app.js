@@ -55,7 +55,8 @@ function showSignIn(message) {
   clearTimers();
   if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
   sessionStorage.removeItem(TOKEN_KEY);
-  document.cookie = `${TOKEN_KEY}=; Path=/; Max-Age=0; SameSite=Strict`;
+  // The session cookie is HttpOnly: only the server can clear it.
+  fetch("/session", { method: "DELETE", credentials: "same-origin" }).catch(() => {});
   state.token = null;
   $("signin-message").textContent = message || "";
   $("app").hidden = true;
@@ -83,11 +84,30 @@ function setConnState(kind, text) {
   node.textContent = text;
 }
 
-function connect() {
+async function connect() {
   clearTimers();
   setConnState(state.attempt ? "reconnecting" : "connecting", state.attempt ? "reconnecting…" : "connecting…");
-  // The token travels as a same-origin cookie, so it never appears in a URL.
-  document.cookie = `${TOKEN_KEY}=${encodeURIComponent(state.token)}; Path=/; SameSite=Strict`;
+  // The server turns the token into an HttpOnly, SameSite=Strict cookie that the WebSocket
+  // handshake then carries: the token never appears in a URL (or a proxy's log), and no
+  // other site's page can send it.
+  const token = state.token;
+  let response;
+  try {
+    response = await fetch("/session", {
+      headers: { Authorization: `Bearer ${token}` }, credentials: "same-origin", cache: "no-store",
+    });
+  } catch {
+    if (state.token === token) scheduleReconnect();
+    return;
+  }
+  if (state.token !== token) return;  // signed out meanwhile
+  if (response.status === 401) {
+    const body = await response.json().catch(() => ({}));
+    showSignIn(body.message === "token expired" ? "Your session has expired. Please sign in again."
+                                                : "That token was not accepted. Please sign in again.");
+    return;
+  }
+  if (!response.ok) { scheduleReconnect(); return; }
   const ws = new WebSocket(wsUrl());
   state.ws = ws;
   ws.onmessage = (event) => {

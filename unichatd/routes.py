@@ -1,0 +1,203 @@
+"""The plain HTTP side of the chat port: the web client, /session, /healthz, /metrics.
+
+Also the handshake's origin rule (protocol.md §1), which is HTTP, not WebSocket.
+Every answer here is a complete :class:`~websockets.http11.Response`; error answers
+carry a small JSON body (``{"error": code, "message": text}``) and never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import http
+import importlib.resources
+import ipaddress
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.datastructures import Headers, MultipleValuesError
+from websockets.http11 import Request, Response
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+SESSION_PATH = "/session"
+
+_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
+                  "css": "text/css; charset=utf-8", "svg": "image/svg+xml"}
+_WEB_FILES = frozenset({"index.html", "app.js", "style.css", "icon.svg"})
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+_web_files: dict[str, bytes] = {}
+"""The served files, read once: a fixed set, so asking for other names costs no memory."""
+
+
+class BadRequest(Exception):
+    """A request the HTTP layer refuses with 400 (e.g. a security header sent twice)."""
+
+
+def header(request: Request, name: str) -> str | None:
+    """The one value of ``name``; a header that must be single but came twice is a 400."""
+    try:
+        return request.headers.get(name)
+    except MultipleValuesError:
+        raise BadRequest(f"duplicate {name} header") from None
+
+
+def handshake_headers(request: Request) -> dict[str, str]:
+    """The headers a token may come from, with duplicates refused or merged.
+
+    Two ``Authorization`` headers are ambiguous (400); several ``Cookie`` headers are
+    one cookie list split up, as RFC 6265 allows.
+    """
+    found: dict[str, str] = {}
+    authorization = header(request, "Authorization")
+    if authorization is not None:
+        found["Authorization"] = authorization
+    cookies = request.headers.get_all("Cookie")
+    if cookies:
+        found["Cookie"] = "; ".join(cookies)
+    return found
+
+
+def error(status: http.HTTPStatus, code: str, message: str, *, head: bool = False,
+          extra: Iterable[tuple[str, str]] = ()) -> Response:
+    body = orjson.dumps({"error": code, "message": message}) + b"\n"
+    return respond(status, body, "application/json", head=head, extra=extra)
+
+
+def respond(status: http.HTTPStatus, body: bytes, content_type: str, *, head: bool = False,
+            extra: Iterable[tuple[str, str]] = ()) -> Response:
+    """A response with its length; a HEAD request gets the headers alone."""
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))),
+         ("Cache-Control", "no-store"), *extra]
+    )
+    return Response(status.value, status.phrase, headers, b"" if head else body)
+
+
+def not_found(head: bool = False) -> Response:
+    return error(http.HTTPStatus.NOT_FOUND, "not_found", "no such resource", head=head)
+
+
+def method_not_allowed(allowed: Iterable[str]) -> Response:
+    allow = ", ".join(sorted(allowed))
+    return error(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"allowed methods: {allow}",
+                 extra=[("Allow", allow)])
+
+
+# -- the web client -------------------------------------------------------------------
+
+
+def web_file(name: str) -> bytes | None:
+    if name not in _WEB_FILES:
+        return None
+    body = _web_files.get(name)
+    if body is None:
+        body = _web_files[name] = importlib.resources.files("unichatd").joinpath("web", name).read_bytes()
+    return body
+
+
+def web_client(request: Request, path: str, ws_path: str) -> Response:
+    """``/``, ``/static/<file>`` and ``/favicon.ico``, with a strict Content-Security-Policy."""
+    head = request.method == "HEAD"
+    if path == "/":
+        name = "index.html"
+    elif path == "/favicon.ico":
+        name = "icon.svg"
+    else:
+        name = path.removeprefix("/static/")
+    body = web_file(name)
+    if body is None:
+        return not_found(head)
+    if name == "index.html":
+        body = body.replace(b"{{WS_PATH}}", html.escape(ws_path).encode())
+    # The page may talk only to its own origin, WebSocket included; the token sits in
+    # sessionStorage, so no script from elsewhere may run here.
+    host = header(request, "Host") or ""
+    ws_sources = f" ws://{host} wss://{host}" if _HOST_PATTERN.fullmatch(host) else ""
+    return respond(http.HTTPStatus.OK, body, _CONTENT_TYPES[name.rsplit(".", 1)[-1]], head=head, extra=[
+        ("Content-Security-Policy",
+         f"default-src 'self'; connect-src 'self'{ws_sources}; img-src 'self' data:; "
+         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+    ])
+
+
+# -- the session cookie ---------------------------------------------------------------
+
+
+def session_cookie(token: str, max_age: int, *, secure: bool) -> tuple[str, str]:
+    """``Set-Cookie`` for the web client's token: HttpOnly (no script reads it back),
+    SameSite=Strict (no other site's page sends it)."""
+    attributes = f"Path=/; Max-Age={max(0, max_age)}; HttpOnly; SameSite=Strict"
+    if secure:
+        attributes += "; Secure"
+    return "Set-Cookie", f"unichat_token={token}; {attributes}"
+
+
+# -- /metrics access ------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Constant-time comparison of ``Authorization: Bearer <token>``, whatever bytes came."""
+    presented = (authorization or "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(presented, f"Bearer {token}".encode())
+
+
+# -- the origin rule ------------------------------------------------------------------
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...], public_url: str) -> bool:
+    """protocol.md §1: no Origin (not a browser) passes; ``["*"]`` accepts any; a listed
+    origin passes; with an empty list only the server's own origin does — the request's
+    ``Host`` or ``server.public_url``, compared by host name and port."""
+    if origin is None or "*" in allowed:
+        return True
+    if allowed:
+        return origin in allowed
+    own = _origin_key(origin)
+    if own is None:
+        return False  # "null" (a sandboxed or file: page) and the unparsable are foreign
+    scheme = urlsplit(origin).scheme.lower()
+    if host is not None and _host_key(host, _DEFAULT_PORTS.get(scheme, 80)) == own:
+        return True
+    return bool(public_url) and _origin_key(public_url) == own
+
+
+def _origin_key(url: str) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.hostname.lower().rstrip("."), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _host_key(host: str, default_port: int) -> tuple[str, int] | None:
+    if not _HOST_PATTERN.fullmatch(host):
+        return None
+    name, port = host, default_port
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        if rest:
+            port = int(rest[1:])
+    elif ":" in host:
+        name, _, port_text = host.rpartition(":")
+        port = int(port_text)
+    return name.lower().rstrip("."), port
