@@ -250,6 +250,15 @@ def test_18_backup_into_a_directory_with_rotation(tmp_path: Path) -> None:
     assert sqlite3.connect(written[-1]).execute("SELECT COUNT(*) FROM rooms").fetchone()[0] == 1
 
 
+def test_18_path_ending_in_slash_is_a_new_directory(tmp_path: Path) -> None:
+    """`backup new/dir/` makes the directory and writes a timestamped copy into it."""
+    config = plain_config(tmp_path, 8000)
+    cli("room", "create", "x", "--config", str(config), cwd=tmp_path)
+    result = cli("backup", f"{tmp_path}/new/dir/", "--keep", "1", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == tmp_path / "new" / "dir"
+
+
 def test_18_keep_needs_a_directory(tmp_path: Path) -> None:
     """`--keep` with a file PATH is a usage error (exit 2)."""
     config = plain_config(tmp_path, 8000)

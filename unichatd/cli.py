@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", parents=[config_option],
                                  help="write a consistent copy of the database (safe while serving)")
     backup.add_argument("path", metavar="PATH",
-                        help="a new file, or a directory to write a timestamped copy into")
+                        help="a new file, or a directory (an existing one, or PATH ending in /) "
+                             "to write a timestamped copy into")
     backup.add_argument("--keep", type=_positive_int, metavar="N",
                         help="with a directory: keep the N newest copies, delete older ones")
     export = commands.add_parser("export", parents=[config_option],
@@ -260,6 +261,8 @@ def _print_rooms(store: AdminStore) -> None:
 
 def _backup(config: Config, args: argparse.Namespace) -> int:
     target = Path(args.path).resolve()
+    if args.path.endswith("/"):  # a directory, made if need be (cron's first run)
+        target.mkdir(parents=True, exist_ok=True)
     rotate = target.is_dir()
     if rotate:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

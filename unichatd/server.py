@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -59,14 +59,15 @@ class _Connection(ServerConnection):
     """A websockets connection that carries what the handshake learned of its token."""
 
     auth: Identity | AuthError | None = None
-    release: Callable[[], None] | None = None
-    """Gives back the connection's place under the connection limits (see _admit)."""
+    """Set when the handshake is admitted under the connection limits (see _admit)."""
+    release: ClassVar[Callable[[Identity | AuthError], None]]
+    """Gives an admitted connection's place back; set on each server's own subclass, so
+    that an idle connection carries nothing more for it."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.release is not None:
-            release, self.release = self.release, None
-            release()
+        if self.auth is not None:
+            type(self).release(self.auth)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -205,6 +206,7 @@ class UnichatServer:
         self._corks = _Corks(self)
         self._admitted = 0
         self._admitted_by_user: collections.Counter[int] = collections.Counter()
+        self._connection_class = type("_ServerConnection", (_Connection,), {"release": self._release})
         self.loop_lag = LoopLagMonitor()
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(_MetricsCollector(self))
@@ -261,7 +263,7 @@ class UnichatServer:
             ping_interval=None,
             close_timeout=CLOSE_TIMEOUT,
             server_header="unichatd",
-            create_connection=_Connection,
+            create_connection=self._connection_class,
             start_serving=False,
             ssl=self._tls,
         )
@@ -539,23 +541,23 @@ class UnichatServer:
                 return routes.error(http.HTTPStatus.TOO_MANY_REQUESTS, "too_many_connections",
                                     "too many connections for this user")
         assert isinstance(connection, _Connection)
-        connection.auth = auth
-        self._admit(connection, auth.user_id if isinstance(auth, Identity) else None)
+        self._admit(connection, auth)
         return None
 
-    def _admit(self, connection: _Connection, user_id: int | None) -> None:
+    def _admit(self, connection: _Connection, auth: Identity | AuthError) -> None:
+        connection.auth = auth
         self._admitted += 1
-        if user_id is not None:
-            self._admitted_by_user[user_id] += 1
+        if isinstance(auth, Identity):
+            self._admitted_by_user[auth.user_id] += 1
 
-        def release() -> None:
-            self._admitted -= 1
-            if user_id is not None:
-                self._admitted_by_user[user_id] -= 1
-                if not self._admitted_by_user[user_id]:
-                    del self._admitted_by_user[user_id]
-
-        connection.release = release
+    def _release(self, auth: Identity | AuthError) -> None:
+        self._admitted -= 1
+        if isinstance(auth, Identity):
+            left = self._admitted_by_user[auth.user_id] - 1
+            if left:
+                self._admitted_by_user[auth.user_id] = left
+            else:
+                del self._admitted_by_user[auth.user_id]
 
     # -- WebSocket ---------------------------------------------------------------
 
