@@ -132,15 +132,22 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of ``Authorization: Bearer <token>``, or None."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
 def token_from_handshake(path: str, headers: Mapping[str, str]) -> str | None:
     """The token from the ``token`` query parameter, a Bearer header, or the cookie, in that order."""
     query = parse_qs(urlsplit(path).query)
     if query.get("token"):
         return query["token"][0]
-    authorization = headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
+    bearer = bearer_token(headers.get("Authorization"))
+    if bearer is not None:
+        return bearer
     # Read the cookie by hand: one malformed neighbour must not hide a good token
     # (http.cookies rejects the whole header for it).
     for pair in headers.get("Cookie", "").split(";"):

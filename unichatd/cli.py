@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -349,9 +350,8 @@ def _server_address(config: Config, args: argparse.Namespace) -> Instance:
     else:
         server = config.server
         base = Instance(0, server.host, server.port, server.path, bool(server.tls_cert))
-    host = args.host if getattr(args, "host", None) else base.host
-    port = args.port if getattr(args, "port", None) is not None else base.port
-    return Instance(base.pid, host, port, base.path, base.tls)
+    return dataclasses.replace(base, host=args.host or base.host,
+                               port=args.port if args.port is not None else base.port)
 
 
 def _tls_context(config: Config, instance: Instance) -> ssl.SSLContext | None:

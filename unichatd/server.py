@@ -35,7 +35,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from . import routes
-from .auth import AUTH_REQUIRED, Identity, KeyRing, token_from_handshake, verify_token
+from .auth import AUTH_REQUIRED, Identity, KeyRing, bearer_token, token_from_handshake, verify_token
 from .chat import Chat
 from .config import EMBEDDED, Config, load_tls, with_overrides
 from .errors import AuthError, ConfigError
@@ -439,28 +439,26 @@ class UnichatServer:
         if upgrade is not None and upgrade.lower() == "websocket":
             # A WebSocket handshake anywhere else is refused, whatever plain GET serves there.
             return routes.not_found()
-        if self.config.server.web_client and (
-            path in ("/", "/favicon.ico") or path.startswith("/static/")
-        ):
-            if request.method not in routes.READ_METHODS:
-                return routes.method_not_allowed(routes.READ_METHODS)
-            return routes.web_client(request, path, ws_path)
-        if self.config.server.web_client and path == routes.SESSION_PATH:
+        web_client = self.config.server.web_client
+        if web_client and path == routes.SESSION_PATH:
             return self._session(connection, request)
+        is_web_file = web_client and (path in ("/", "/favicon.ico") or path.startswith("/static/"))
+        if not (is_web_file or path in ("/healthz", "/metrics")):
+            return routes.not_found(head=request.method == "HEAD")
+        # The rest only read: GET, or HEAD for the headers alone.
+        if request.method not in routes.READ_METHODS:
+            return routes.method_not_allowed(routes.READ_METHODS)
+        head = request.method == "HEAD"
+        if is_web_file:
+            return routes.web_client(request, path, ws_path)
         if path == "/healthz":
-            if request.method not in routes.READ_METHODS:
-                return routes.method_not_allowed(routes.READ_METHODS)
             body = orjson.dumps(self.chat.health(time.monotonic() - self._started))
-            return routes.respond(http.HTTPStatus.OK, body, "application/json", head=request.method == "HEAD")
-        if path == "/metrics":
-            if request.method not in routes.READ_METHODS:
-                return routes.method_not_allowed(routes.READ_METHODS)
-            refusal = self._metrics_refusal(connection, request)
-            if refusal is not None:
-                return refusal
-            return routes.respond(http.HTTPStatus.OK, generate_latest(self._registry),
-                                  "text/plain; version=0.0.4; charset=utf-8", head=request.method == "HEAD")
-        return routes.not_found(head=request.method == "HEAD")
+            return routes.respond(http.HTTPStatus.OK, body, "application/json", head=head)
+        refusal = self._metrics_refusal(connection, request)
+        if refusal is not None:
+            return refusal
+        return routes.respond(http.HTTPStatus.OK, generate_latest(self._registry),
+                              "text/plain; version=0.0.4; charset=utf-8", head=head)
 
     def _session(self, connection: ServerConnection, request: Request) -> Response:
         """``GET /session`` with a Bearer token sets the web client's HttpOnly cookie;
@@ -474,19 +472,18 @@ class UnichatServer:
         refusal = self._origin_refusal(request)
         if refusal is not None:
             return refusal
-        authorization = routes.header(request, "Authorization") or ""
-        scheme, _, token = authorization.partition(" ")
+        token = bearer_token(routes.header(request, "Authorization"))
         try:
-            if scheme.lower() != "bearer" or not token.strip():
+            if token is None:
                 raise AuthError(AUTH_REQUIRED)
-            identity = verify_token(token.strip(), self.keyring)
+            identity = verify_token(token, self.keyring)
         except AuthError as exc:
             return routes.error(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.reason,
                                 extra=[("WWW-Authenticate", "Bearer")])
         max_age = int(identity.expires_at - time.time())
         body = orjson.dumps({"user_id": identity.user_id, "username": identity.username}) + b"\n"
         return routes.respond(http.HTTPStatus.OK, body, "application/json",
-                              extra=[routes.session_cookie(token.strip(), max_age, secure=secure)])
+                              extra=[routes.session_cookie(token, max_age, secure=secure)])
 
     def _metrics_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server
