@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from unichatd.bench import BENCH_KEY, IDLE_USER_BASE, BenchServer, create_fanout_rooms
+from unichatd_bench.harness import BENCH_KEY, IDLE_USER_BASE, BenchServer, create_fanout_rooms
 
 
 def main() -> int:
@@ -56,7 +56,7 @@ def main() -> int:
                 command += ["--conns", str(args.conns), "--subs", str(args.subs),
                             "--idle-rooms", str(args.idle_rooms), "--room-base", str(args.rooms)]
             completed = subprocess.run(command + passthrough, capture_output=True, text=True,
-                                       preexec_fn=_raise_fd_limit, timeout=900)
+                                       preexec_fn=raise_fd_limit, timeout=900)
         finally:
             server.stop()
     sys.stderr.write(completed.stderr)
@@ -64,7 +64,7 @@ def main() -> int:
     return completed.returncode
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -7,13 +7,15 @@ missing frame fails the test instead of hanging it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
+import inspect
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from unichatd.app import build_server
 from unichatd.auth import mint_token
 from unichatd.config import Config, parse_config
 from unichatd.server import UnichatServer
@@ -30,6 +33,54 @@ from unichatd.store import AdminStore
 
 SIGNING_KEY = "k" * 40
 WAIT = 5.0
+
+# -- test tiers ---------------------------------------------------------------------------
+# Every test belongs to exactly one tier (pyproject.toml registers them): `unit` runs no
+# socket and no real clock, `socket` a real server in this process, `process` the daemon or
+# the CLI in a subprocess, `browser` Chromium, `bench` the load benchmark.  A test says its
+# tier with a marker; otherwise its fixtures or its file decide.
+
+TIERS = ("unit", "socket", "process", "browser", "bench")
+FILE_TIERS = {
+    "test_config.py": "unit", "test_core.py": "unit", "test_framing.py": "unit", "test_hub.py": "unit",
+    "test_limits.py": "unit", "test_protocol.py": "unit", "test_store.py": "unit",
+    "test_client.py": "socket", "test_data.py": "socket", "test_handshake.py": "socket",
+    "test_hardening.py": "socket", "test_messaging.py": "socket", "test_operations.py": "socket",
+    "test_regressions.py": "socket", "test_reliability.py": "socket", "test_smoke.py": "socket",
+    "test_cli.py": "process", "test_hardening_cli.py": "process",
+    "test_web.py": "browser",
+    "test_bench.py": "bench",
+}
+FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marked = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+        if len(marked) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: in more than one test tier: {sorted(marked)}")
+        if marked:
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        tier = next((FIXTURE_TIERS[name] for name in fixtures if name in FIXTURE_TIERS),
+                    FILE_TIERS.get(item.path.name))
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: no test tier (add the file to FILE_TIERS or mark the test)")
+        item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier's promise, kept: a test there that connects or listens fails."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a unit test opened a network socket; it belongs to the socket tier")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "bind", refuse)
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -88,11 +139,39 @@ class Client:
         await self.ws.close()
 
 
-@dataclasses.dataclass
 class RunningServer:
-    server: UnichatServer
-    config: Config
-    key: str = SIGNING_KEY
+    """A real unichatd on 127.0.0.1 (started on first use) and the clients a test opened.
+
+    Rooms created before the server starts are written the CLI way into the database and
+    loaded at startup, so a test skips the wait for the server's membership poll;
+    :meth:`close` closes every client, then the server.
+    """
+
+    def __init__(self, config: Config, *, client_class: type[Client] = Client, name_format: str = "user{}",
+                 connect_options: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.key = config.auth.signing_key or SIGNING_KEY
+        self.client_class = client_class
+        self.name_format = name_format
+        self.connect_options = connect_options or {}
+        self.clients: list[Client] = []
+        self._server: UnichatServer | None = None
+
+    async def start(self) -> RunningServer:
+        if self._server is None:
+            server = build_server(self.config, self.key)
+            await server.start()
+            self._server = server
+        return self
+
+    @property
+    def server(self) -> UnichatServer:
+        assert self._server is not None, "server not started"
+        return self._server
+
+    @property
+    def broker(self) -> Any:
+        return self.server.chat.broker
 
     @property
     def url(self) -> str:
@@ -103,37 +182,63 @@ class RunningServer:
         return f"http://127.0.0.1:{self.server.port}"
 
     def token(self, user_id: int, name: str | None = None, **kwargs: Any) -> str:
-        return mint_token(self.key, user_id, name or f"user{user_id}", **kwargs)
+        return mint_token(self.key, user_id, name or self.name_format.format(user_id), **kwargs)
 
-    async def connect(self, user_id: int, name: str | None = None, **kwargs: Any) -> Client:
-        """Connect as ``user_id`` and consume ``connection_established``."""
+    async def connect(self, user_id: int, name: str | None = None, *, first_name: str = "", ttl: int = 86400,
+                      **options: Any) -> Any:
+        """Connect as ``user_id`` and consume (and check) ``connection_established``."""
+        await self.start()
+        name = name or self.name_format.format(user_id)
+        token = self.token(user_id, name, first_name=first_name, ttl=ttl)
         ws = await asyncio.wait_for(
-            websockets.connect(f"{self.url}?token={self.token(user_id, name)}", **kwargs), WAIT
+            websockets.connect(f"{self.url}?token={token}", **{**self.connect_options, **options}), WAIT
         )
-        client = Client(ws)
+        client = self.client_class(ws)
+        self.clients.append(client)
         hello = await client.recv()
-        assert hello["type"] == "connection_established", hello
+        assert hello == {"type": "connection_established", "user_id": user_id, "username": name,
+                         "timestamp": hello["timestamp"]}, hello
         return client
 
     def admin(self) -> AdminStore:
         return AdminStore(self.config.database_path)
 
-    async def create_room(self, name: str, members: list[int], room_type: str = "group") -> int:
-        """Create a room through the CLI's store and wait until the server knows it."""
+    async def rooms(self, *specs: tuple[str, list[int]], room_type: str = "group") -> list[int]:
+        """Create rooms the CLI way; once the server runs, wait until it knows all of them."""
         admin = self.admin()
         try:
-            room_id = admin.create_room(name, room_type, members)
+            ids = [admin.create_room(name, room_type, members) for name, members in specs]
         finally:
             admin.close()
-        await self.wait_for(lambda: all(
-            self.server.chat.directory.is_participant(room_id, m) for m in members
-        ) and room_id in self.server.chat.directory.rooms)
-        return room_id
+        if self._server is not None:
+            directory = self._server.chat.directory
+            await self.wait_for(lambda: all(
+                room_id in directory.rooms and all(directory.is_participant(room_id, m) for m in members)
+                for room_id, (_, members) in zip(ids, specs, strict=True)
+            ))
+        return ids
 
-    async def wait_for(self, predicate: Any, timeout: float = WAIT) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
+    async def create_room(self, name: str, members: list[int], room_type: str = "group") -> int:
+        return (await self.rooms((name, members), room_type=room_type))[0]
+
+    def stored(self, room_id: int) -> list[tuple[int, int, str]]:
+        """(id, sender_id, content) of the room's messages in the database, by id."""
+        with contextlib.closing(sqlite3.connect(self.config.database_path)) as conn:
+            return conn.execute(
+                "SELECT id, sender_id, content FROM messages WHERE room_id = ? ORDER BY id", (room_id,)
+            ).fetchall()
+
+    def stored_ids(self, room_id: int) -> list[int]:
+        return [row[0] for row in self.stored(room_id)]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        await wait_until(predicate, timeout)
+
+    async def close(self) -> None:
+        # Concurrently, and bounded: a client left with unread frames by a failed test closes slowly.
+        await asyncio.gather(*(client.close() for client in self.clients))
+        if self._server is not None:
+            await self._server.stop()
 
 
 @pytest_asyncio.fixture
@@ -142,13 +247,25 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     try:
         yield running
     finally:
-        await running.server.stop()
+        await running.close()
 
 
 async def start_server(config: Config) -> RunningServer:
-    server = UnichatServer(config, config.auth.signing_key or SIGNING_KEY)
-    await server.start()
-    return RunningServer(server, config, config.auth.signing_key or SIGNING_KEY)
+    return await RunningServer(config).start()
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT,
+                     interval: float = 0.02) -> None:
+    """Poll ``predicate`` (plain or async) until it holds; past ``timeout``, TimeoutError.
+
+    What the tests wait for is state in another task or process, with no event to await.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            held = predicate()
+            if await held if inspect.isawaitable(held) else held:
+                return
+            await asyncio.sleep(interval)
 
 
 async def stalled_client(running: RunningServer, user_id: int, room: int) -> Client:

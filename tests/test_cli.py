@@ -408,8 +408,11 @@ def test_room_list_shows_rooms_and_participants(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     general = next(line for line in lines if "general" in line)
     random = next(line for line in lines if "random" in line)
-    assert "11" in general and "12" in general and "13" not in general
-    assert "13" in random and "11" not in random
+    assert "11" in general
+    assert "12" in general
+    assert "13" not in general
+    assert "13" in random
+    assert "11" not in random
 
 
 def test_room_list_shows_message_counts_and_usernames(tmp_path: Path, daemon_factory: Any) -> None:
@@ -543,7 +546,8 @@ def test_short_key_in_key_file_exits_2(tmp_path: Path) -> None:
     result = cli("token", "1", "--name", "a", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert str(config) in line and "auth.signing_key_file" in line
+    assert str(config) in line
+    assert "auth.signing_key_file" in line
     assert result.stdout == ""
 
 
@@ -604,7 +608,8 @@ def test_check_config_rejects_missing_key_file(tmp_path: Path) -> None:
     result = cli("check-config", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert str(config) in line and "auth.signing_key_file" in line
+    assert str(config) in line
+    assert "auth.signing_key_file" in line
     assert not (tmp_path / "absent.key").exists()
 
 

@@ -25,7 +25,8 @@ async def test_send_waits_for_the_ack_and_returns_the_stored_message(tmp_path: P
         async with ChatClient(running.url, running.token(1, "bot")) as chat:
             message = await chat.send(room, "deploy finished")
             page = await chat.history(room)
-        assert message["content"] == "deploy finished" and message["client_msg_id"]
+        assert message["content"] == "deploy finished"
+        assert message["client_msg_id"]
         assert [m["id"] for m in page["messages"]] == [message["id"]]
     finally:
         await running.server.stop()
@@ -108,6 +109,7 @@ async def test_refused_token_is_a_permanent_failure(tmp_path: Path) -> None:
         await running.server.stop()
 
 
+@pytest.mark.process
 def test_cli_send_prints_the_id_and_tail_prints_the_message(tmp_path: Path) -> None:
     """`unichatd send` posts and prints the id; `unichatd tail --since 0 --json` prints it."""
     port = free_port()
@@ -124,7 +126,8 @@ def test_cli_send_prints_the_id_and_tail_prints_the_message(tmp_path: Path) -> N
             if status.returncode == 0:
                 break
             time.sleep(0.1)
-        assert status is not None and status.returncode == 0
+        assert status is not None
+        assert status.returncode == 0
         sent = run_cli("send", str(room), "--as", "1", "build 42 is green", "--config", str(config),
                        cwd=tmp_path)
         assert sent.returncode == 0, sent.stderr
@@ -140,9 +143,11 @@ def test_cli_send_prints_the_id_and_tail_prints_the_message(tmp_path: Path) -> N
         finally:
             tail.kill()
             tail.communicate(timeout=10)
-        assert f'"id":{message_id}' in line and "build 42 is green" in line
+        assert f'"id":{message_id}' in line
+        assert "build 42 is green" in line
         refused = run_cli("send", "999", "--as", "1", "x", "--config", str(config), cwd=tmp_path)
-        assert refused.returncode == 1 and "access_denied" in refused.stderr
+        assert refused.returncode == 1
+        assert "access_denied" in refused.stderr
     finally:
         server.terminate()
         server.communicate(timeout=15)

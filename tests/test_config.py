@@ -15,11 +15,11 @@ from unichatd.config import (
     EMBEDDED,
     Config,
     load_config,
-    load_signing_key,
     parse_config,
     render_config,
 )
 from unichatd.errors import ConfigError
+from unichatd.keys import load_signing_key, write_private_file
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "unichatd.example.toml"
@@ -104,7 +104,9 @@ def test_server_section() -> None:
         "host": "0.0.0.0", "port": 9001, "path": "/chat", "allowed_origins": ["https://a.example"],
         "max_message_bytes": 1024, "ping_interval": 5, "ping_timeout": 7, "pid_file": "/run/u.pid",
     }})
-    assert config.server.host == "0.0.0.0" and config.server.port == 9001 and config.server.path == "/chat"
+    assert config.server.host == "0.0.0.0"
+    assert config.server.port == 9001
+    assert config.server.path == "/chat"
     assert config.server.allowed_origins == ("https://a.example",)
     assert config.server.max_message_bytes == 1024
     assert (config.server.ping_interval, config.server.ping_timeout) == (5, 7)
@@ -114,7 +116,8 @@ def test_server_section() -> None:
 def test_auth_section() -> None:
     """Every [auth] key is read."""
     config = parse({"auth": {"signing_key": KEY, "token_ttl": 60}})
-    assert config.auth.signing_key == KEY and config.auth.token_ttl == 60
+    assert config.auth.signing_key == KEY
+    assert config.auth.token_ttl == 60
 
 
 def test_auth_signing_key_file() -> None:
@@ -168,14 +171,18 @@ def test_fractional_seconds_and_rates_are_accepted(key: str) -> None:
 def test_unknown_section_is_an_error_naming_it() -> None:
     """An unknown section is refused, naming it."""
     error = refused({"sever": {"port": 1}})
-    assert error.key == "sever" and "sever" in str(error) and SOURCE in str(error)
+    assert error.key == "sever"
+    assert "sever" in str(error)
+    assert SOURCE in str(error)
 
 
 @pytest.mark.parametrize("section", ["server", "auth", "storage", "limits", "log"])
 def test_unknown_key_is_an_error_naming_it(section: str) -> None:
     """An unknown key in any section is refused, naming section.key and the file."""
     error = refused({section: {"bogus": 1}})
-    assert error.key == f"{section}.bogus" and f"{section}.bogus" in str(error) and SOURCE in str(error)
+    assert error.key == f"{section}.bogus"
+    assert f"{section}.bogus" in str(error)
+    assert SOURCE in str(error)
 
 
 def test_section_that_is_not_a_table_is_an_error() -> None:
@@ -218,7 +225,8 @@ def test_wrong_type_is_an_error_naming_the_key(key: str, value: Any) -> None:
     """A value of the wrong type (bool for int and int for str included) is refused, naming the key."""
     section, name = key.split(".")
     error = refused({section: {name: value}})
-    assert error.key == key and key in str(error)
+    assert error.key == key
+    assert key in str(error)
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +251,8 @@ def test_out_of_range_value_is_an_error_naming_the_key(key: str, value: Any) -> 
     """A value outside its allowed range or choices is refused, naming the key."""
     section, name = key.split(".")
     error = refused({section: {name: value}})
-    assert error.key == key and key in str(error)
+    assert error.key == key
+    assert key in str(error)
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -278,7 +287,8 @@ def test_signing_key_length_counts_bytes() -> None:
 def test_signing_key_and_file_together_is_an_error() -> None:
     """Setting both signing_key and signing_key_file is refused."""
     error = refused({"auth": {"signing_key": KEY, "signing_key_file": "x.key"}})
-    assert error.key is not None and error.key.startswith("auth.signing_key")
+    assert error.key is not None
+    assert error.key.startswith("auth.signing_key")
 
 
 def test_inline_signing_key_is_used(tmp_path: Path) -> None:
@@ -294,7 +304,8 @@ def test_missing_key_file_is_generated_with_mode_0600(tmp_path: Path) -> None:
     key = load_signing_key(config, create=True)
     path = tmp_path / "unichatd.key"
     assert path.read_text().strip() == key
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert len(key) == 64
+    assert int(key, 16) >= 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -360,7 +371,8 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "broken.toml", "[server\nport = ")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert str(path) in str(info.value) and info.value.source == str(path)
+    assert str(path) in str(info.value)
+    assert info.value.source == str(path)
 
 
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
@@ -376,14 +388,17 @@ def test_file_errors_name_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path / "u.toml", "[server]\nport = \"80\"\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert str(path) in str(info.value) and "server.port" in str(info.value)
+    assert str(path) in str(info.value)
+    assert "server.port" in str(info.value)
 
 
 def test_load_config_reads_values(tmp_path: Path) -> None:
     """A file's values are read and the source is the file."""
     path = write(tmp_path / "u.toml", "[server]\nport = 9100\n[log]\nformat = \"console\"\n")
     config = load_config(str(path))
-    assert config.server.port == 9100 and config.log.format == "console" and config.source == str(path)
+    assert config.server.port == 9100
+    assert config.log.format == "console"
+    assert config.source == str(path)
 
 
 def test_relative_database_resolved_against_config_dir(
@@ -404,7 +419,8 @@ def test_relative_config_path_gives_absolute_database(
     write(tmp_path / "etc" / "u.toml", "[storage]\ndatabase = \"chat.db\"\n")
     monkeypatch.chdir(tmp_path)
     database = load_config("etc/u.toml").database_path
-    assert database.is_absolute() and database == (tmp_path / "etc" / "chat.db").resolve()
+    assert database.is_absolute()
+    assert database == (tmp_path / "etc" / "chat.db").resolve()
 
 
 def test_absolute_database_path_is_kept(tmp_path: Path) -> None:
@@ -455,7 +471,8 @@ def test_cwd_file_is_used(isolated: Path) -> None:
     """Without --config or $UNICHATD_CONFIG, ./unichatd.toml is read."""
     write(Path.cwd() / "unichatd.toml", "[server]\nport = 1003\n")
     config = load_config(None)
-    assert config.server.port == 1003 and config.base_dir == Path.cwd().resolve()
+    assert config.server.port == 1003
+    assert config.base_dir == Path.cwd().resolve()
 
 
 def test_cwd_file_beats_system_file(isolated: Path) -> None:
@@ -501,7 +518,7 @@ def test_private_file_is_not_overwritten(tmp_path: Path) -> None:
     """write_private_file refuses to overwrite an existing file."""
     path = write(tmp_path / "u.key", "old")
     with pytest.raises(FileExistsError):
-        config_module.write_private_file(path, "new")
+        write_private_file(path, "new")
     assert path.read_text() == "old"
 
 
@@ -509,7 +526,7 @@ def test_private_file_mode_ignores_permissive_umask(tmp_path: Path) -> None:
     """write_private_file creates the file with mode 0600 even under umask 000."""
     old = os.umask(0)
     try:
-        config_module.write_private_file(tmp_path / "u.key", "x")
+        write_private_file(tmp_path / "u.key", "x")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "u.key").stat().st_mode) == 0o600

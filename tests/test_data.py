@@ -29,6 +29,7 @@ def _seed(db: Path, rooms: dict[str, list[int]], rows: list[tuple[int, int, str,
 
 
 @pytest.mark.asyncio
+@pytest.mark.process
 async def test_backup_while_writing_is_consistent_and_restorable(tmp_path: Path) -> None:
     """`unichatd backup` taken during a stream of sends is a sound database holding a prefix of them."""
     config = make_config(tmp_path, limits={"messages_per_second": 100000, "message_burst": 100000})
@@ -76,16 +77,19 @@ async def test_backup_while_writing_is_consistent_and_restorable(tmp_path: Path)
         await restored.server.stop()
 
 
+@pytest.mark.process
 def test_backup_refuses_to_overwrite(tmp_path: Path) -> None:
     """An existing backup target is never overwritten (exit 1)."""
     config = write_config(tmp_path, 1)
     target = tmp_path / "exists.db"
     target.write_text("keep me")
     completed = run_cli("backup", str(target), "--config", str(config), cwd=tmp_path)
-    assert completed.returncode == 1 and "exists" in completed.stderr
+    assert completed.returncode == 1
+    assert "exists" in completed.stderr
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.process
 def test_export_streams_100k_messages_in_bounded_memory(tmp_path: Path) -> None:
     """`unichatd export` writes every message as one JSON line, oldest first, without loading them all."""
     config = write_config(tmp_path, 1)
@@ -111,7 +115,8 @@ def test_export_streams_100k_messages_in_bounded_memory(tmp_path: Path) -> None:
     assert proc.stdout is not None
     for raw in proc.stdout:
         message = orjson.loads(raw)
-        assert message["id"] > last_id and message["room_id"] == room
+        assert message["id"] > last_id
+        assert message["room_id"] == room
         last_id = message["id"]
         lines += 1
     _, err = proc.communicate(timeout=120)
@@ -123,11 +128,13 @@ def test_export_streams_100k_messages_in_bounded_memory(tmp_path: Path) -> None:
     assert other != room
 
 
+@pytest.mark.process
 def test_export_of_a_missing_room_fails(tmp_path: Path) -> None:
     """Exporting a room that does not exist exits 1 with a message."""
     config = write_config(tmp_path, 1)
     completed = run_cli("export", "42", "--config", str(config), cwd=tmp_path)
-    assert completed.returncode == 1 and "room 42" in completed.stderr
+    assert completed.returncode == 1
+    assert "room 42" in completed.stderr
 
 
 @pytest.mark.asyncio
@@ -160,10 +167,15 @@ async def test_retention_deletes_only_what_is_old_enough(tmp_path: Path) -> None
     finally:
         await running.server.stop()
     assert [m["content"] for m in page1["messages"]] == ["recent"]
-    assert page1["truncated"] is True and page1["has_more"] is False
-    assert [m["content"] for m in page2["messages"]] == ["old in kept room"] and "truncated" not in page2
-    assert page3["messages"] == [] and page3["truncated"] is True
-    assert rooms[1]["unread_count"] == 1 and rooms[2]["unread_count"] == 1 and rooms[3]["unread_count"] == 0
+    assert page1["truncated"] is True
+    assert page1["has_more"] is False
+    assert [m["content"] for m in page2["messages"]] == ["old in kept room"]
+    assert "truncated" not in page2
+    assert page3["messages"] == []
+    assert page3["truncated"] is True
+    assert rooms[1]["unread_count"] == 1
+    assert rooms[2]["unread_count"] == 1
+    assert rooms[3]["unread_count"] == 0
     assert rooms[3]["last_message_content"] is None
 
 
@@ -184,5 +196,6 @@ async def test_catch_up_into_pruned_history_says_truncated(tmp_path: Path) -> No
         await client.close()
     finally:
         await running.server.stop()
-    assert history["truncated"] is True and [m["content"] for m in history["messages"]] == ["fresh"]
+    assert history["truncated"] is True
+    assert [m["content"] for m in history["messages"]] == ["fresh"]
     assert "truncated" not in after_gap

@@ -33,9 +33,10 @@ from tests.conftest import (
     start_server,
 )
 from unichatd import routes
+from unichatd.app import build_server
 from unichatd.config import LogConfig
 from unichatd.log import configure_logging
-from unichatd.server import UnichatServer
+from unichatd.store import SqliteStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -135,7 +136,7 @@ async def test_02_concurrent_handshakes_respect_connection_limits(tmp_path: Path
         for ws in opened + opened_too:
             await ws.close()
         # Closed connections give their places back.
-        await srv.wait_for(lambda: srv.server._admitted == 0)
+        await srv.wait_for(lambda: srv.server.admission.total == 0)
         again = await srv.connect(7001)
         await again.close()
 
@@ -154,7 +155,8 @@ async def test_03_duplicate_security_headers_get_400(tmp_path: Path, duplicated:
         assert headers["content-type"] == "application/json"
         assert orjson.loads(body)["error"] == "bad_request"
     captured = capfd.readouterr()
-    assert "Traceback" not in captured.err and "ERROR" not in captured.err
+    assert "Traceback" not in captured.err
+    assert "ERROR" not in captured.err
 
 
 async def test_03_duplicate_cookie_headers_are_one_cookie_list(tmp_path: Path) -> None:
@@ -221,10 +223,10 @@ async def test_04_metrics_are_loopback_only_unless_a_token_is_set(
     from websockets.datastructures import Headers
     from websockets.http11 import Request
 
-    server = UnichatServer(make_config(tmp_path, server={"metrics_token": token,
+    server = build_server(make_config(tmp_path, server={"metrics_token": token,
                                                          "metrics_loopback_only": loopback_only}), SIGNING_KEY)
     headers = Headers([("Host", "x")] + ([("Authorization", authorization)] if authorization else []))
-    refusal = server._metrics_refusal(_Peer(address), Request("/metrics", headers))  # type: ignore[arg-type]
+    refusal = server.endpoints._metrics_refusal(_Peer(address), Request("/metrics", headers))  # type: ignore[arg-type]
     assert (refusal.status_code if refusal is not None else None) == expected
 
 
@@ -236,13 +238,13 @@ async def test_05_default_accepts_only_the_servers_own_origin(tmp_path: Path) ->
     async with running(tmp_path) as srv:
         port = srv.server.port
         url = f"{srv.url}?token={srv.token(3)}"
-        own = await connect(url, origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+        own = await connect(url, origin=f"http://127.0.0.1:{port}")
         assert (await own.recv())["type"] == "connection_established"
         await own.close()
         for foreign in (f"http://127.0.0.1:{port + 1}", "http://evil.example", "null",
                         f"https://127.0.0.1.evil.example:{port}"):
             with pytest.raises(InvalidStatus) as info:
-                await connect(url, origin=foreign)  # type: ignore[arg-type]
+                await connect(url, origin=foreign)
             assert info.value.response.status_code == 403, foreign
 
 
@@ -260,11 +262,11 @@ async def test_05_sibling_subdomain_is_foreign(tmp_path: Path) -> None:
 async def test_05_public_url_origin_and_star(tmp_path: Path) -> None:
     """server.public_url's origin is the server's own; allowed_origins = ["*"] accepts any origin."""
     async with running(tmp_path, server={"public_url": "https://chat.example.com"}) as srv:
-        client = await connect(f"{srv.url}?token={srv.token(3)}", origin="https://chat.example.com")  # type: ignore[arg-type]
+        client = await connect(f"{srv.url}?token={srv.token(3)}", origin="https://chat.example.com")
         assert (await client.recv())["type"] == "connection_established"
         await client.close()
     async with running(tmp_path, server={"allowed_origins": ["*"]}) as srv:
-        client = await connect(f"{srv.url}?token={srv.token(3)}", origin="https://anywhere.example")  # type: ignore[arg-type]
+        client = await connect(f"{srv.url}?token={srv.token(3)}", origin="https://anywhere.example")
         assert (await client.recv())["type"] == "connection_established"
         await client.close()
 
@@ -275,14 +277,18 @@ async def test_05_session_sets_an_httponly_cookie(tmp_path: Path) -> None:
         token = srv.token(12, "carol")
         status, headers, body = await raw_http(
             srv.server.port, f"GET /session HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
-        assert status == 200 and orjson.loads(body)["user_id"] == 12
+        assert status == 200
+        assert orjson.loads(body)["user_id"] == 12
         cookie = headers["set-cookie"]
         assert cookie.startswith(f"unichat_token={token};")
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert "Path=/" in cookie
         bad = await raw_http(srv.server.port, b"GET /session HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
         assert bad[0] == 401
         cleared = await raw_http(srv.server.port, b"DELETE /session HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert cleared[0] == 200 and "Max-Age=0" in cleared[1]["set-cookie"]
+        assert cleared[0] == 200
+        assert "Max-Age=0" in cleared[1]["set-cookie"]
         foreign = await raw_http(srv.server.port, (
             f"GET /session HTTP/1.1\r\nHost: 127.0.0.1:{srv.server.port}\r\nOrigin: http://evil.example\r\n"
             f"Authorization: Bearer {token}\r\n\r\n").encode())
@@ -424,25 +430,27 @@ async def test_11_full_disk_logs_the_cause_once_and_closes_cleanly(tmp_path: Pat
         room = await srv.create_room("full", [1])
         alice = await srv.connect(1)
         store = srv.server.store
+        assert isinstance(store, SqliteStore)
 
         def fill(conn: sqlite3.Connection) -> None:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {pages}")
 
-        await store._call(fill)
+        await store._writer_thread.call(fill)
         errors = []
         for index in range(30):
             reply = await alice.request({"type": "send_message", "room_id": room, "content": "y" * 3000,
                                          "client_msg_id": f"d{index}"}, "message_ack")
             if reply["type"] == "error":
                 errors.append(reply)
-        assert errors and {e["code"] for e in errors} == {"internal_error"}
+        assert errors
+        assert {e["code"] for e in errors} == {"internal_error"}
         assert all(e["client_msg_id"].startswith("d") for e in errors)
 
         def read_only(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA query_only = 1")
 
-        await store._call(read_only)
+        await store._writer_thread.call(read_only)
         newcomer = await connect(f"{srv.url}?token={srv.token(99, 'newbie')}")
         with pytest.raises(ConnectionClosed):
             await newcomer.recv()
@@ -451,7 +459,8 @@ async def test_11_full_disk_logs_the_cause_once_and_closes_cleanly(tmp_path: Pat
     err = capfd.readouterr().err
     assert err.count("database or disk is full") == 1, err
     assert err.count("attempt to write a readonly database") == 1, err
-    assert "cannot rollback" not in err and "Traceback" not in err
+    assert "cannot rollback" not in err
+    assert "Traceback" not in err
 
 
 # -- 12. absurd claims and renamed users ------------------------------------------------------
@@ -542,7 +551,8 @@ async def test_13_client_reconnect_survives_subscribe_during_resubscribe(server:
                 task.cancel()
             await asyncio.gather(*started, return_exceptions=True)
         assert chat.reconnects == 1, "the reader died while re-subscribing"
-        assert chat._reader is not None and not chat._reader.done()
+        assert chat._reader is not None
+        assert not chat._reader.done()
         assert (await chat.ping())["type"] == "pong"
 
 
@@ -552,10 +562,10 @@ async def test_13_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
 
     port = _free_port()
     config = make_config(tmp_path, server={"port": port, "pid_file": str(tmp_path / "missing" / "x.pid")})
-    server = UnichatServer(config, SIGNING_KEY)
+    server = build_server(config, SIGNING_KEY)
     with pytest.raises(ConfigError, match="server.pid_file"):
         await server.start()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
     again = await start_server(make_config(tmp_path))  # the database lock was released
     await again.server.stop()
@@ -617,21 +627,24 @@ async def test_21_unknown_type_suggests_the_right_one(server: RunningServer) -> 
     client = await server.connect(4)
     reply = await client.request({"type": "subscribe", "room_id": 1}, "never")
     assert reply["code"] == "unknown_type"
-    assert "'subscribe_room'" in reply["message"] and "help" in reply["message"]
+    assert "'subscribe_room'" in reply["message"]
+    assert "help" in reply["message"]
 
 
 async def test_21_favicon_is_served(server: RunningServer) -> None:
     """/favicon.ico answers an icon, not 404."""
     status, headers, body = await raw_http(server.server.port, b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert status == 200 and headers["content-type"] == "image/svg+xml" and body.startswith(b"<svg")
+    assert status == 200
+    assert headers["content-type"] == "image/svg+xml"
+    assert body.startswith(b"<svg")
 
 
 async def test_21_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
     """A second server on the same SQLite database refuses to start, naming the lock and the holder."""
-    from unichatd.instance import AlreadyServing
+    from unichatd.errors import AlreadyServing
 
     async with running(tmp_path):
-        second = UnichatServer(make_config(tmp_path), SIGNING_KEY)
+        second = build_server(make_config(tmp_path), SIGNING_KEY)
         with pytest.raises(AlreadyServing, match=f"process {os.getpid()}"):
             await second.start()
 

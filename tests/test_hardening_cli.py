@@ -154,7 +154,8 @@ def test_15_stop_works_after_the_quick_start(tmp_path: Path) -> None:
     finally:
         server.kill()
     again = cli("stop", cwd=cwd)
-    assert again.returncode == 1 and "no server is running" in again.stderr
+    assert again.returncode == 1
+    assert "no server is running" in again.stderr
 
 
 def test_15_stop_with_pid_file_still_works(tmp_path: Path) -> None:
@@ -192,7 +193,8 @@ def test_16_status_takes_host_and_port(served: tuple[Serve, Path], tmp_path: Pat
     ok = cli("status", "--host", "127.0.0.1", "--port", str(server.port), "--config", str(config), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     nobody = cli("status", "--port", str(free_port()), "--config", str(config), cwd=tmp_path)
-    assert nobody.returncode == 1 and "no server answers" in nobody.stderr
+    assert nobody.returncode == 1
+    assert "no server answers" in nobody.stderr
 
 
 def test_16_sighup_keeps_command_line_port(served: tuple[Serve, Path]) -> None:
@@ -263,7 +265,8 @@ def test_18_keep_needs_a_directory(tmp_path: Path) -> None:
     """`--keep` with a file PATH is a usage error (exit 2)."""
     config = plain_config(tmp_path, 8000)
     result = cli("backup", str(tmp_path / "one.db"), "--keep", "2", "--config", str(config), cwd=tmp_path)
-    assert result.returncode == 2 and "--keep" in result.stderr
+    assert result.returncode == 2
+    assert "--keep" in result.stderr
 
 
 # -- 19. docs/protocol.md is the complete reference ---------------------------------------------
@@ -344,7 +347,8 @@ def test_20_bad_tls_settings_exit_2(tmp_path: Path, certificate: tuple[Path, Pat
     for command in (["check-config"], ["serve"]):
         result = cli(*command, "--config", str(config), cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        assert key in result.stderr and "Traceback" not in result.stderr
+        assert key in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 # -- 21. small things ------------------------------------------------------------------------------
@@ -355,7 +359,8 @@ def test_21_second_serve_on_the_same_database_is_refused(served: tuple[Serve, Pa
     server, config = served
     result = cli("serve", "--config", str(config), "--port", str(free_port()), cwd=tmp_path)
     assert result.returncode == 1
-    assert f"process {server.proc.pid}" in result.stderr and "chat.db.lock" in result.stderr
+    assert f"process {server.proc.pid}" in result.stderr
+    assert "chat.db.lock" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -363,9 +368,12 @@ def test_21_room_type_is_validated(tmp_path: Path) -> None:
     """`room create --type weird` exits 2 naming --type; a direct room needs exactly two members."""
     config = plain_config(tmp_path, 8000)
     weird = cli("room", "create", "x", "--type", "weird", "--config", str(config), cwd=tmp_path)
-    assert weird.returncode == 2 and "--type" in weird.stderr and "group" in weird.stderr
+    assert weird.returncode == 2
+    assert "--type" in weird.stderr
+    assert "group" in weird.stderr
     lonely = cli("room", "create", "x", "--type", "direct", "--member", "1", "--config", str(config), cwd=tmp_path)
-    assert lonely.returncode == 2 and "two members" in lonely.stderr
+    assert lonely.returncode == 2
+    assert "two members" in lonely.stderr
 
 
 def test_21_init_header_does_not_call_the_key_a_default(tmp_path: Path) -> None:
@@ -383,7 +391,8 @@ def test_21_unit_documentation_is_installed_by_the_readme() -> None:
     assert documented is not None
     target = Path(documented.group(1))
     readme = (ROOT / "README.md").read_text()
-    assert f"{target.parent}/" in readme and "install -Dm644 README.md" in readme
+    assert f"{target.parent}/" in readme
+    assert "install -Dm644 README.md" in readme
 
 
 def test_13_unwritable_pid_file_is_a_config_error(tmp_path: Path) -> None:
@@ -392,5 +401,6 @@ def test_13_unwritable_pid_file_is_a_config_error(tmp_path: Path) -> None:
     config = plain_config(tmp_path, port, f'pid_file = "{tmp_path / "missing" / "unichatd.pid"}"\n')
     result = cli("serve", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "server.pid_file" in result.stderr and "cannot serve" not in result.stderr
+    assert "server.pid_file" in result.stderr
+    assert "cannot serve" not in result.stderr
     assert "Traceback" not in result.stderr

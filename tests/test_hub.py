@@ -10,13 +10,13 @@ class FakeConn:
 
     def __init__(self, user_id: int) -> None:
         self._user_id = user_id
-        self.received: list[tuple[int, bytes, int | None]] = []
+        self.received: list[tuple[int | None, bytes, int | None]] = []
 
     @property
     def user_id(self) -> int:
         return self._user_id
 
-    def deliver(self, room_id: int, frame: bytes, message_id: int | None) -> None:
+    def deliver(self, room_id: int | None, frame: bytes, message_id: int | None) -> None:
         self.received.append((room_id, frame, message_id))
 
 
@@ -77,7 +77,8 @@ def test_unsubscribed_connection_gets_nothing() -> None:
     (conn,) = connected(hub, 1)
     hub.subscribe(10, conn)
     hub.unsubscribe(10, conn)
-    assert hub.publish(10, b"x") == 0 and conn.received == []
+    assert hub.publish(10, b"x") == 0
+    assert conn.received == []
 
 
 def test_resubscribe_after_unsubscribe() -> None:
@@ -86,7 +87,8 @@ def test_resubscribe_after_unsubscribe() -> None:
     (conn,) = connected(hub, 1)
     hub.subscribe(10, conn)
     hub.unsubscribe(10, conn)
-    assert hub.subscribe(10, conn) is True and hub.is_subscribed(10, conn)
+    assert hub.subscribe(10, conn) is True
+    assert hub.is_subscribed(10, conn)
 
 
 def test_publish_reaches_every_subscriber_once() -> None:
@@ -126,7 +128,8 @@ def test_publish_stays_in_its_room() -> None:
     hub.subscribe(10, inside)
     hub.subscribe(11, outside)
     hub.publish(10, b"x")
-    assert inside.received and outside.received == []
+    assert inside.received
+    assert outside.received == []
 
 
 def test_publish_to_empty_room_is_zero() -> None:
@@ -142,7 +145,9 @@ def test_publish_reaches_every_connection_of_a_user() -> None:
     first, second = connected(hub, 1, 1)
     hub.subscribe(10, first)
     hub.subscribe(10, second)
-    assert hub.publish(10, b"x") == 2 and first.received and second.received
+    assert hub.publish(10, b"x") == 2
+    assert first.received
+    assert second.received
 
 
 def test_exclude_user_skips_all_their_connections() -> None:
@@ -152,7 +157,9 @@ def test_exclude_user_skips_all_their_connections() -> None:
     for conn in (mine_a, mine_b, other):
         hub.subscribe(10, conn)
     assert hub.publish(10, b"typing", exclude_user=1) == 1
-    assert mine_a.received == [] and mine_b.received == [] and other.received == [(10, b"typing", None)]
+    assert mine_a.received == []
+    assert mine_b.received == []
+    assert other.received == [(10, b"typing", None)]
 
 
 def test_exclude_user_not_in_room_changes_nothing() -> None:
@@ -169,7 +176,7 @@ def test_publish_survives_unsubscribe_during_delivery() -> None:
     hub: Hub[FakeConn] = Hub()
 
     class Leaver(FakeConn):
-        def deliver(self, room_id: int, frame: bytes, message_id: int | None) -> None:
+        def deliver(self, room_id: int | None, frame: bytes, message_id: int | None) -> None:
             super().deliver(room_id, frame, message_id)
             hub.disconnect(self)
 
@@ -214,7 +221,8 @@ def test_disconnect_twice_is_harmless() -> None:
     hub.subscribe(10, conn)
     hub.disconnect(conn)
     hub.disconnect(conn)
-    assert hub.connection_count == 0 and hub.active_rooms == 0
+    assert hub.connection_count == 0
+    assert hub.active_rooms == 0
 
 
 def test_disconnect_keeps_users_other_connections() -> None:
@@ -224,7 +232,8 @@ def test_disconnect_keeps_users_other_connections() -> None:
     hub.subscribe(10, first)
     hub.subscribe(10, second)
     hub.disconnect(first)
-    assert hub.is_online(1) and tuple(hub.connections_of(1)) == (second,)
+    assert hub.is_online(1)
+    assert tuple(hub.connections_of(1)) == (second,)
     assert hub.subscribers(10) == (second,)
 
 
@@ -234,7 +243,8 @@ def test_last_disconnect_takes_user_offline() -> None:
     (conn,) = connected(hub, 1)
     assert hub.is_online(1)
     hub.disconnect(conn)
-    assert not hub.is_online(1) and tuple(hub.connections_of(1)) == ()
+    assert not hub.is_online(1)
+    assert tuple(hub.connections_of(1)) == ()
 
 
 def test_connection_count_follows_connect_and_disconnect() -> None:
@@ -286,4 +296,6 @@ def test_leave_all_keeps_connection() -> None:
     (conn,) = connected(hub, 1)
     hub.subscribe(10, conn)
     hub.leave_all(conn)
-    assert hub.rooms_of(conn) == frozenset() and hub.connection_count == 1 and hub.active_rooms == 0
+    assert hub.rooms_of(conn) == frozenset()
+    assert hub.connection_count == 1
+    assert hub.active_rooms == 0

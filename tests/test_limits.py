@@ -123,7 +123,8 @@ def test_fractional_rate(clock: Clock) -> None:
 def test_bucket_refills_in_real_time() -> None:
     """With the real clock, an empty 20/s bucket grants again after a short sleep."""
     bucket = TokenBucket(rate=20, burst=2)
-    assert bucket.take() == 0 and bucket.take() == 0
+    assert bucket.take() == 0
+    assert bucket.take() == 0
     wait_ms = bucket.take()
     assert 0 < wait_ms <= 50
     time.sleep(0.12)

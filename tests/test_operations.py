@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OTHER_KEY = "r" * 48
 
 
+@pytest.mark.process
 def test_systemd_unit_verifies() -> None:
     """`systemd-analyze verify` accepts systemd/unichatd.service (with this machine's unichatd)."""
     analyze = shutil.which("systemd-analyze")
@@ -62,6 +63,7 @@ def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
     return sock, path
 
 
+@pytest.mark.process
 def test_notify_socket_gets_ready_and_stopping(tmp_path: Path) -> None:
     """Under Type=notify the server sends READY=1 once it listens and STOPPING=1 on SIGTERM."""
     sock, path = _notify_socket(tmp_path)
@@ -84,6 +86,7 @@ def test_notify_socket_gets_ready_and_stopping(tmp_path: Path) -> None:
         sock.close()
 
 
+@pytest.mark.process
 def test_watchdog_pings_when_systemd_asks(tmp_path: Path) -> None:
     """With WATCHDOG_USEC set, the server sends WATCHDOG=1 at half that interval."""
     sock, path = _notify_socket(tmp_path)
@@ -134,6 +137,7 @@ def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
     return False
 
 
+@pytest.mark.process
 def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path) -> None:
     """SIGHUP applies new allowed_origins and a rotated signing key without a restart."""
     port = free_port()
@@ -161,6 +165,7 @@ def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path) -> None:
         daemon.stop()
 
 
+@pytest.mark.process
 def test_sighup_with_a_broken_config_keeps_serving(tmp_path: Path) -> None:
     """A config that fails validation on reload is logged and ignored; the server keeps running."""
     port = free_port()
@@ -195,11 +200,13 @@ async def test_token_kid_selects_the_named_key(tmp_path: Path) -> None:
         async with websockets.connect(f"{running.url}?token={wrong_kid}") as ws:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4001
     finally:
         await running.server.stop()
 
 
+@pytest.mark.process
 def test_cli_token_signs_with_the_newest_named_key(tmp_path: Path) -> None:
     """`unichatd token` signs with the last [[auth.signing_keys]] entry and names it as kid."""
     (tmp_path / "k1.key").write_text("a" * 40)
@@ -215,15 +222,18 @@ def test_cli_token_signs_with_the_newest_named_key(tmp_path: Path) -> None:
     assert jwt.decode(token, OTHER_KEY, algorithms=["HS256"])["sub"] == "5"
 
 
+@pytest.mark.process
 def test_signing_keys_config_errors_name_the_entry(tmp_path: Path) -> None:
     """A named key without id, or with both key and key_file, exits 2 naming the entry."""
     config = tmp_path / "unichatd.toml"
     config.write_text(f'[auth]\n[[auth.signing_keys]]\nkey = "{OTHER_KEY}"\n')
     completed = run_cli("check-config", "--config", str(config), cwd=tmp_path)
-    assert completed.returncode == 2 and "auth.signing_keys[0].id" in completed.stderr
+    assert completed.returncode == 2
+    assert "auth.signing_keys[0].id" in completed.stderr
     config.write_text(f'[auth]\n[[auth.signing_keys]]\nid = "a"\nkey = "{OTHER_KEY}"\nkey_file = "x"\n')
     completed = run_cli("check-config", "--config", str(config), cwd=tmp_path)
-    assert completed.returncode == 2 and "auth.signing_keys[0]" in completed.stderr
+    assert completed.returncode == 2
+    assert "auth.signing_keys[0]" in completed.stderr
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:

@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from unichatd import protocol
-from unichatd.errors import ClientError, RateLimited
+from unichatd.errors import ClientError, ErrorCode, RateLimited
+from unichatd.models import Message
 from unichatd.protocol import (
     GetHistory,
     GetRoomList,
     MarkRead,
-    Message,
     Ping,
     RefreshToken,
     SendMessage,
@@ -100,31 +100,36 @@ def test_send_message_full_parses() -> None:
 def test_send_message_content_is_not_trimmed() -> None:
     """The content is kept as sent, surrounding white space included."""
     request = parse({"type": "send_message", "room_id": 5, "content": "\n  hi\t"})
-    assert isinstance(request, SendMessage) and request.content == "\n  hi\t"
+    assert isinstance(request, SendMessage)
+    assert request.content == "\n  hi\t"
 
 
 def test_send_message_content_at_limit_is_accepted() -> None:
     """Content of exactly max_content_chars characters is accepted."""
     request = parse({"type": "send_message", "room_id": 5, "content": "x" * 10}, max_chars=10)
-    assert isinstance(request, SendMessage) and len(request.content) == 10
+    assert isinstance(request, SendMessage)
+    assert len(request.content) == 10
 
 
 def test_send_message_content_counts_characters_not_bytes() -> None:
     """The length limit counts characters: three 4-byte emoji fit a limit of 3."""
     request = parse({"type": "send_message", "room_id": 5, "content": "\U0001f600" * 3}, max_chars=3)
-    assert isinstance(request, SendMessage) and request.content == "\U0001f600" * 3
+    assert isinstance(request, SendMessage)
+    assert request.content == "\U0001f600" * 3
 
 
 def test_send_message_reply_to_null_means_none() -> None:
     """reply_to null is the same as absent."""
     request = parse({"type": "send_message", "room_id": 5, "content": "hi", "reply_to": None})
-    assert isinstance(request, SendMessage) and request.reply_to is None
+    assert isinstance(request, SendMessage)
+    assert request.reply_to is None
 
 
 def test_send_message_client_msg_id_of_64_chars_is_accepted() -> None:
     """client_msg_id of exactly 64 characters is accepted."""
     request = parse({"type": "send_message", "room_id": 5, "content": "hi", "client_msg_id": "c" * 64})
-    assert isinstance(request, SendMessage) and request.client_msg_id == "c" * 64
+    assert isinstance(request, SendMessage)
+    assert request.client_msg_id == "c" * 64
 
 
 def test_mark_read_without_ids_means_all() -> None:
@@ -165,7 +170,8 @@ def test_get_history_defaults() -> None:
 def test_get_history_null_limit_means_default() -> None:
     """get_history with limit null uses the default of 50."""
     request = parse({"type": "get_history", "room_id": 5, "limit": None})
-    assert isinstance(request, GetHistory) and request.limit == 50
+    assert isinstance(request, GetHistory)
+    assert request.limit == 50
 
 
 def test_get_history_before_id_parses() -> None:
@@ -183,7 +189,8 @@ def test_get_history_after_id_parses() -> None:
 def test_get_history_limit_bounds_are_accepted(limit: int) -> None:
     """get_history accepts limit 1 and 100 unchanged."""
     request = parse({"type": "get_history", "room_id": 5, "limit": limit})
-    assert isinstance(request, GetHistory) and request.limit == limit
+    assert isinstance(request, GetHistory)
+    assert request.limit == limit
 
 
 def test_refresh_token_parses() -> None:
@@ -210,7 +217,8 @@ def test_bytes_frame_parses() -> None:
 def test_request_id_is_carried(request_id: str | int) -> None:
     """A valid request_id (string up to 64 chars, or integer) is carried on the request."""
     request = parse({"type": "ping", "request_id": request_id})
-    assert request.request_id == request_id and type(request.request_id) is type(request_id)
+    assert request.request_id == request_id
+    assert type(request.request_id) is type(request_id)
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -250,7 +258,9 @@ def test_deep_nesting_is_invalid_json() -> None:
 def test_invalid_json_message_has_no_internals() -> None:
     """The invalid_json message is a human sentence without a traceback."""
     error = refused("{bad")
-    assert error.message and "Traceback" not in error.message and "line " not in error.message
+    assert error.message
+    assert "Traceback" not in error.message
+    assert "line " not in error.message
 
 
 # ---------------------------------------------------------------------------
@@ -266,14 +276,16 @@ def test_non_object_is_invalid_message(text: str) -> None:
 def test_missing_type_is_invalid_message() -> None:
     """A frame without type is refused with invalid_message naming 'type'."""
     error = refused({"room_id": 5})
-    assert error.code == "invalid_message" and "type" in error.message
+    assert error.code == "invalid_message"
+    assert "type" in error.message
 
 
 @pytest.mark.parametrize("kind", [None, 1, True, ["ping"], {"t": "ping"}])
 def test_wrong_typed_type_is_invalid_message(kind: Any) -> None:
     """A type that is not a string is refused with invalid_message naming 'type'."""
     error = refused({"type": kind})
-    assert error.code == "invalid_message" and "type" in error.message
+    assert error.code == "invalid_message"
+    assert "type" in error.message
 
 
 @pytest.mark.parametrize("kind", ["pong", "PING", "", "subscribe", "send-message"])
@@ -307,7 +319,8 @@ def room_frame(kind: str, **fields: Any) -> dict[str, Any]:
 def test_missing_room_id_is_invalid_message(kind: str) -> None:
     """Every room request without room_id is refused with invalid_message naming 'room_id'."""
     error = refused(room_frame(kind))
-    assert error.code == "invalid_message" and "room_id" in error.message
+    assert error.code == "invalid_message"
+    assert "room_id" in error.message
 
 
 @pytest.mark.parametrize("kind", ROOM_TYPES)
@@ -315,7 +328,8 @@ def test_missing_room_id_is_invalid_message(kind: str) -> None:
 def test_wrong_typed_room_id_is_invalid_message(kind: str, room_id: Any) -> None:
     """A room_id that is not an integer (a bool included) is refused naming 'room_id'."""
     error = refused(room_frame(kind, room_id=room_id))
-    assert error.code == "invalid_message" and "room_id" in error.message
+    assert error.code == "invalid_message"
+    assert "room_id" in error.message
 
 
 @pytest.mark.parametrize("kind", ROOM_TYPES)
@@ -323,40 +337,46 @@ def test_wrong_typed_room_id_is_invalid_message(kind: str, room_id: Any) -> None
 def test_out_of_range_room_id_is_invalid_message(kind: str, room_id: int) -> None:
     """A room_id of zero, negative or 2**63 and above is refused naming 'room_id'."""
     error = refused(room_frame(kind, room_id=room_id))
-    assert error.code == "invalid_message" and "room_id" in error.message
+    assert error.code == "invalid_message"
+    assert "room_id" in error.message
 
 
 @pytest.mark.parametrize("value", ["9", 1.5, True, False, -1, TOO_BIG])
 def test_bad_last_message_id_is_invalid_message(value: Any) -> None:
     """A last_message_id that is not a non-negative id is refused naming 'last_message_id'."""
     error = refused({"type": "subscribe_room", "room_id": 5, "last_message_id": value})
-    assert error.code == "invalid_message" and "last_message_id" in error.message
+    assert error.code == "invalid_message"
+    assert "last_message_id" in error.message
 
 
 @pytest.mark.parametrize("content", [None, 5, True, ["hi"], {"text": "hi"}])
 def test_wrong_typed_content_is_invalid_message(content: Any) -> None:
     """A content that is not a string is refused naming 'content'."""
     error = refused({"type": "send_message", "room_id": 5, "content": content})
-    assert error.code == "invalid_message" and "content" in error.message
+    assert error.code == "invalid_message"
+    assert "content" in error.message
 
 
 def test_missing_content_is_invalid_message() -> None:
     """send_message without content is refused naming 'content'."""
     error = refused({"type": "send_message", "room_id": 5})
-    assert error.code == "invalid_message" and "content" in error.message
+    assert error.code == "invalid_message"
+    assert "content" in error.message
 
 
 @pytest.mark.parametrize("content", ["", " ", "\n\t \r", "\u00a0\u3000\u2003"])
 def test_blank_content_is_invalid_message(content: str) -> None:
     """Empty or white-space-only content (Unicode spaces included) is refused naming 'content'."""
     error = refused({"type": "send_message", "room_id": 5, "content": content})
-    assert error.code == "invalid_message" and "content" in error.message
+    assert error.code == "invalid_message"
+    assert "content" in error.message
 
 
 def test_oversized_content_is_invalid_message() -> None:
     """Content one character over max_content_chars is refused naming 'content'."""
     error = refused({"type": "send_message", "room_id": 5, "content": "x" * 11}, max_chars=10)
-    assert error.code == "invalid_message" and "content" in error.message
+    assert error.code == "invalid_message"
+    assert "content" in error.message
 
 
 def test_content_limit_is_the_configured_one() -> None:
@@ -369,14 +389,16 @@ def test_content_limit_is_the_configured_one() -> None:
 def test_bad_reply_to_is_invalid_message(reply_to: Any) -> None:
     """A reply_to that is not a message id is refused naming 'reply_to'."""
     error = refused({"type": "send_message", "room_id": 5, "content": "hi", "reply_to": reply_to})
-    assert error.code == "invalid_message" and "reply_to" in error.message
+    assert error.code == "invalid_message"
+    assert "reply_to" in error.message
 
 
 @pytest.mark.parametrize("client_msg_id", [5, True, ["c"], {"c": 1}, "c" * 65])
 def test_bad_client_msg_id_is_invalid_message(client_msg_id: Any) -> None:
     """A client_msg_id that is not a string of at most 64 characters is refused naming it."""
     error = refused({"type": "send_message", "room_id": 5, "content": "hi", "client_msg_id": client_msg_id})
-    assert error.code == "invalid_message" and "client_msg_id" in error.message
+    assert error.code == "invalid_message"
+    assert "client_msg_id" in error.message
 
 
 @pytest.mark.parametrize(
@@ -385,21 +407,24 @@ def test_bad_client_msg_id_is_invalid_message(client_msg_id: Any) -> None:
 def test_bad_message_ids_is_invalid_message(ids: Any) -> None:
     """message_ids that is not a list of message ids is refused naming 'message_ids'."""
     error = refused({"type": "mark_read", "room_id": 5, "message_ids": ids})
-    assert error.code == "invalid_message" and "message_ids" in error.message
+    assert error.code == "invalid_message"
+    assert "message_ids" in error.message
 
 
 @pytest.mark.parametrize("limit", [0, 101, -1, 1000])
 def test_out_of_range_limit_is_refused_not_clamped(limit: int) -> None:
     """A limit outside 1..100 is refused naming 'limit', not clamped."""
     error = refused({"type": "get_history", "room_id": 5, "limit": limit})
-    assert error.code == "invalid_message" and "limit" in error.message
+    assert error.code == "invalid_message"
+    assert "limit" in error.message
 
 
 @pytest.mark.parametrize("limit", ["10", 10.0, True, [10]])
 def test_wrong_typed_limit_is_invalid_message(limit: Any) -> None:
     """A limit that is not an integer (a bool included) is refused naming 'limit'."""
     error = refused({"type": "get_history", "room_id": 5, "limit": limit})
-    assert error.code == "invalid_message" and "limit" in error.message
+    assert error.code == "invalid_message"
+    assert "limit" in error.message
 
 
 @pytest.mark.parametrize("field", ["before_id", "after_id"])
@@ -407,34 +432,39 @@ def test_wrong_typed_limit_is_invalid_message(limit: Any) -> None:
 def test_bad_history_cursor_is_invalid_message(field: str, value: Any) -> None:
     """A before_id/after_id that is not an id is refused naming the field."""
     error = refused({"type": "get_history", "room_id": 5, field: value})
-    assert error.code == "invalid_message" and field in error.message
+    assert error.code == "invalid_message"
+    assert field in error.message
 
 
 def test_before_id_and_after_id_together_is_invalid_message() -> None:
     """get_history with both before_id and after_id is refused naming both."""
     error = refused({"type": "get_history", "room_id": 5, "before_id": 9, "after_id": 3})
     assert error.code == "invalid_message"
-    assert "before_id" in error.message and "after_id" in error.message
+    assert "before_id" in error.message
+    assert "after_id" in error.message
 
 
 @pytest.mark.parametrize("token", [None, 5, True, "", ["a.b.c"]])
 def test_bad_refresh_token_is_invalid_message(token: Any) -> None:
     """refresh_token without a non-empty string token is refused naming 'token'."""
     error = refused({"type": "refresh_token", "token": token})
-    assert error.code == "invalid_message" and "token" in error.message
+    assert error.code == "invalid_message"
+    assert "token" in error.message
 
 
 def test_missing_refresh_token_is_invalid_message() -> None:
     """refresh_token without a token field is refused naming 'token'."""
     error = refused({"type": "refresh_token"})
-    assert error.code == "invalid_message" and "token" in error.message
+    assert error.code == "invalid_message"
+    assert "token" in error.message
 
 
 @pytest.mark.parametrize("request_id", ["r" * 65, 1.5, True, False, None, ["r"], {"r": 1}, TOO_BIG])
 def test_bad_request_id_is_invalid_message(request_id: Any) -> None:
     """A request_id that is neither a string of at most 64 chars nor an integer is refused naming it."""
     error = refused({"type": "ping", "request_id": request_id})
-    assert error.code == "invalid_message" and "request_id" in error.message
+    assert error.code == "invalid_message"
+    assert "request_id" in error.message
 
 
 # ---------------------------------------------------------------------------
@@ -475,7 +505,8 @@ def test_unknown_type_carries_room_id() -> None:
 def test_bad_request_id_error_carries_room_id() -> None:
     """A bad request_id in a frame naming a valid room still carries that room_id."""
     error = refused({"type": "subscribe_room", "room_id": 5, "request_id": "r" * 65})
-    assert error.code == "invalid_message" and error.room_id == 5
+    assert error.code == "invalid_message"
+    assert error.room_id == 5
 
 
 @pytest.mark.parametrize("room_id", [True, 0, -5, "5", TOO_BIG])
@@ -488,7 +519,9 @@ def test_error_frame_of_parse_failure_carries_both_ids() -> None:
     """The error frame of a refused frame echoes request_id and room_id."""
     error = refused({"type": "send_message", "room_id": 5, "content": "", "request_id": "q"})
     frame = decode(protocol.error_frame(error))
-    assert frame["code"] == "invalid_message" and frame["room_id"] == 5 and frame["request_id"] == "q"
+    assert frame["code"] == "invalid_message"
+    assert frame["room_id"] == 5
+    assert frame["request_id"] == "q"
 
 
 # ---------------------------------------------------------------------------
@@ -547,7 +580,7 @@ BUILDERS: dict[str, tuple[Any, set[str]]] = {
     "history": (lambda: protocol.history_frame(3, [MSG], False, None), {"room_id", "messages", "has_more"}),
     "pong": (lambda: protocol.pong_frame(None), set()),
     "token_refreshed": (lambda: protocol.token_refreshed_frame(time.time() + 60, None), {"expires_at"}),
-    "error": (lambda: protocol.error_frame(ClientError("access_denied", "no")), {"code", "message"}),
+    "error": (lambda: protocol.error_frame(ClientError(ErrorCode.ACCESS_DENIED, "no")), {"code", "message"}),
 }
 
 
@@ -607,14 +640,16 @@ def test_message_object_values() -> None:
 
 def test_message_object_reply_to_and_client_msg_id() -> None:
     """reply_to and client_msg_id are carried when set."""
-    wire = sample_message(reply_to=7, client_msg_id="c-9").to_wire()
-    assert wire["reply_to"] == 7 and wire["client_msg_id"] == "c-9"
+    wire = protocol.message_object(sample_message(reply_to=7, client_msg_id="c-9"))
+    assert wire["reply_to"] == 7
+    assert wire["client_msg_id"] == "c-9"
 
 
 def test_message_ack_client_msg_id_null_when_absent() -> None:
     """message_ack carries client_msg_id null when the send had none."""
     frame = decode(protocol.message_ack_frame(MSG, None))
-    assert "client_msg_id" in frame and frame["client_msg_id"] is None
+    assert "client_msg_id" in frame
+    assert frame["client_msg_id"] is None
 
 
 def test_message_ack_carries_client_msg_id() -> None:
@@ -622,14 +657,15 @@ def test_message_ack_carries_client_msg_id() -> None:
     message = sample_message(client_msg_id="c-1")
     frame = decode(protocol.message_ack_frame(message, 4))
     assert frame["client_msg_id"] == "c-1"
-    assert frame["message"] == message.to_wire()
+    assert frame["message"] == protocol.message_object(message)
 
 
 def test_history_messages_keep_order() -> None:
     """history lists the given messages in the given (oldest first) order with has_more."""
     messages = [sample_message(id=i) for i in (1, 2, 3)]
     frame = decode(protocol.history_frame(3, messages, True, None))
-    assert [m["id"] for m in frame["messages"]] == [1, 2, 3] and frame["has_more"] is True
+    assert [m["id"] for m in frame["messages"]] == [1, 2, 3]
+    assert frame["has_more"] is True
 
 
 def test_unsubscribed_carries_reason() -> None:
@@ -645,15 +681,17 @@ def test_token_refreshed_expires_at_is_a_timestamp() -> None:
 
 def test_error_frame_fields() -> None:
     """The error frame carries code, message, room_id and request_id."""
-    frame = decode(protocol.error_frame(ClientError("access_denied", "no access", room_id=4, request_id="x")))
+    frame = decode(protocol.error_frame(ClientError(ErrorCode.ACCESS_DENIED, "no access", room_id=4, request_id="x")))
     assert {k: frame[k] for k in ("type", "code", "message", "room_id", "request_id")} == {
         "type": "error", "code": "access_denied", "message": "no access", "room_id": 4, "request_id": "x"}
 
 
 def test_error_frame_without_room_has_no_room_id() -> None:
     """An error not about a room has no room_id key and no retry_after_ms."""
-    frame = decode(protocol.error_frame(ClientError("invalid_json", "bad")))
-    assert "room_id" not in frame and "retry_after_ms" not in frame and "request_id" not in frame
+    frame = decode(protocol.error_frame(ClientError(ErrorCode.INVALID_JSON, "bad")))
+    assert "room_id" not in frame
+    assert "retry_after_ms" not in frame
+    assert "request_id" not in frame
 
 
 def test_rate_limited_error_frame_has_retry_after_ms() -> None:
@@ -661,11 +699,14 @@ def test_rate_limited_error_frame_has_retry_after_ms() -> None:
     error = RateLimited(250, room_id=3)
     error.request_id = 9
     frame = decode(protocol.error_frame(error))
-    assert frame["code"] == "rate_limited" and frame["retry_after_ms"] == 250
-    assert frame["room_id"] == 3 and frame["request_id"] == 9
+    assert frame["code"] == "rate_limited"
+    assert frame["retry_after_ms"] == 250
+    assert frame["room_id"] == 3
+    assert frame["request_id"] == 9
 
 
 def test_broadcast_frame_is_bytes_of_json_object() -> None:
     """Builders return bytes holding one JSON object."""
     frame = protocol.new_message_frame(MSG)
-    assert isinstance(frame, bytes) and isinstance(orjson.loads(frame), dict)
+    assert isinstance(frame, bytes)
+    assert isinstance(orjson.loads(frame), dict)

@@ -41,8 +41,8 @@ from tests.conftest import (
 from unichatd.auth import mint_token
 from unichatd.config import Config
 from unichatd.protocol import MAX_ID, REQUEST_TYPES
-from unichatd.server import CLOSE_TIMEOUT
 from unichatd.store import AdminStore
+from unichatd.transport import CLOSE_TIMEOUT
 
 WAIT = 5.0
 FAST_LIMITS: dict[str, Any] = {
@@ -190,6 +190,7 @@ async def _stream(client: Client, user_id: int, room: int, count: int, acks: dic
 
 
 @pytest.mark.asyncio
+@pytest.mark.process
 async def test_kill_9_keeps_every_acked_message(tmp_path: Path) -> None:
     """After SIGKILL mid-stream, every acked message is stored once, in order, and the DB is sound."""
     port = free_port()
@@ -268,8 +269,10 @@ async def test_send_rate_limit_is_per_user_across_connections(tmp_path: Path) ->
                 assert ack["type"] == "message_ack", ack
             for i, client in enumerate((second, first)):
                 refused = await client.request(send_frame(room, f"over{i}", request_id=i), "message_ack")
-                assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
-                assert refused["retry_after_ms"] > 0 and refused["request_id"] == i
+                assert refused["type"] == "error", refused
+                assert refused["code"] == "rate_limited", refused
+                assert refused["retry_after_ms"] > 0
+                assert refused["request_id"] == i
             contents = [m["content"] for m in await all_history(first, room)]
             assert contents == ["ok0", "ok1", "ok2", "ok3"]
         finally:
@@ -361,7 +364,8 @@ async def test_ping_flood_is_limited_then_closed_1008(tmp_path: Path) -> None:
             pongs = [f for f in frames if f["type"] == "pong"]
             limited = [f for f in frames if f.get("code") == "rate_limited"]
             assert 10 <= len(pongs) < 30, len(pongs)
-            assert limited and all(f["retry_after_ms"] > 0 for f in limited)
+            assert limited
+            assert all(f["retry_after_ms"] > 0 for f in limited)
             assert (client.ws.close_code, client.ws.close_reason) == (1008, "rate limit exceeded")
         finally:
             await client.close()
@@ -382,7 +386,7 @@ async def test_frame_over_max_message_bytes_closes_1009(tmp_path: Path) -> None:
             await client.send({"type": "ping", "pad": "x" * 2000})
             code, _ = await closed_with(client)
             assert code == 1009
-            await running.wait_for(lambda: running.server.chat.hub.connection_count == 0)
+            await running.wait_for(lambda: running.server.chat.broker.connection_count == 0)
         finally:
             await client.close()
 
@@ -447,7 +451,7 @@ async def test_stalled_consumer_is_disconnected_and_leaves_rooms(tmp_path: Path)
         sender = await running.connect(1)
         stalled = await stalled_client(running, 2, room)
         far_end = server_side(running, stalled)
-        hub = running.server.chat.hub
+        hub = running.server.chat.broker
         try:
             stats = running.server.chat.stats
             await flood_room(running, sender, room, 300, until=lambda: stats.slow_consumer_closes > 0)
@@ -521,13 +525,14 @@ async def test_silent_peer_is_dropped_and_leaves_rooms(tmp_path: Path) -> None:
 
     async def body(running: RunningServer) -> None:
         room = await running.create_room("beat", [1, 2])
-        hub = running.server.chat.hub
+        hub = running.server.chat.broker
         alive = await running.connect(1)
         silent = await running.connect(2, ping_interval=None, close_timeout=1)
         try:
             for client in (alive, silent):
                 await client.request({"type": "subscribe_room", "room_id": room}, "subscribed")
-            assert hub.connection_count == 2 and len(hub.subscribers(room)) == 2
+            assert hub.connection_count == 2
+            assert len(hub.subscribers(room)) == 2
             far_end = server_side(running, silent)
             silent.ws.transport.pause_reading()
             # 1 s until the ping, 1 s for its pong, then the library fails the connection with 1011 ...
@@ -537,7 +542,8 @@ async def test_silent_peer_is_dropped_and_leaves_rooms(tmp_path: Path) -> None:
             await eventually(lambda: hub.connection_count == 1, timeout=CLOSE_TIMEOUT + 1.5)
             assert [s.user_id for s in hub.subscribers(room)] == [1], "the dropped peer is still in its room"
             pong = await alive.request({"type": "ping"}, "pong")
-            assert pong["type"] == "pong" and hub.connection_count == 1
+            assert pong["type"] == "pong"
+            assert hub.connection_count == 1
         finally:
             silent.ws.transport.resume_reading()
             await silent.close()
@@ -563,37 +569,8 @@ async def test_token_expiry_closes_4001(server: RunningServer) -> None:
         await client.close()
 
 
-@pytest.mark.asyncio
-async def test_refresh_token_keeps_connection_open(server: RunningServer) -> None:
-    """refresh_token with a newer token of the same user keeps the connection past the old exp."""
-    client = await connect_url(server.url, 1, ttl=2)
-    try:
-        refreshed = await client.request(
-            {"type": "refresh_token", "token": token(1, ttl=60), "request_id": "r"}, "token_refreshed"
-        )
-        assert refreshed["type"] == "token_refreshed" and refreshed["request_id"] == "r", refreshed
-        assert TIMESTAMP.match(refreshed["expires_at"])
-        await asyncio.sleep(3.0)
-        assert (await client.request({"type": "ping"}, "pong"))["type"] == "pong"
-    finally:
-        await client.close()
 
 
-@pytest.mark.asyncio
-async def test_refresh_with_other_users_token_is_refused(server: RunningServer) -> None:
-    """refresh_token with another user's token gets invalid_message and the identity is kept."""
-    mine = await server.create_room("mine", [1])
-    theirs = await server.create_room("theirs", [2])
-    client = await server.connect(1)
-    try:
-        refused = await client.request({"type": "refresh_token", "token": token(2)}, "token_refreshed")
-        assert refused["type"] == "error" and refused["code"] == "invalid_message", refused
-        ack = await client.request(send_frame(mine, "still me"), "message_ack")
-        assert ack["type"] == "message_ack" and ack["message"]["sender"]["id"] == 1, ack
-        denied = await client.request({"type": "subscribe_room", "room_id": theirs}, "subscribed")
-        assert denied["type"] == "error" and denied["code"] == "access_denied", denied
-    finally:
-        await client.close()
 
 
 # -- 7. live admin changes ---------------------------------------------------------------------
@@ -637,12 +614,14 @@ async def test_removed_member_is_unsubscribed_and_denied(server: RunningServer) 
         finally:
             admin.close()
         gone = await leaver.recv_type("unsubscribed", timeout=2.0)
-        assert gone["room_id"] == room and gone["reason"] == "removed_from_room", gone
+        assert gone == {"type": "unsubscribed", "room_id": room, "reason": "removed_from_room",
+                        "timestamp": gone["timestamp"]}, gone
         await owner.request(send_frame(room, "after removal"), "message_ack")
         await leaver.no_frame(0.3)  # in particular, no new_message of the room it left
         for request in (send_frame(room, "let me in"), {"type": "subscribe_room", "room_id": room}):
             reply = await leaver.request(request, "message_ack", "subscribed")
-            assert reply["type"] == "error" and reply["code"] == "access_denied", reply
+            assert reply["type"] == "error", reply
+            assert reply["code"] == "access_denied", reply
     finally:
         await owner.close()
         await leaver.close()
@@ -707,7 +686,7 @@ class BackgroundServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # reported by start()/stop()
+        except BaseException as exc:  # noqa: BLE001  (reported by start()/stop())
             self._error = exc
             self._ready.set()
 
@@ -759,12 +738,13 @@ EDGE_TEXT = st.sampled_from([
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), BIG_INTS, st.floats(), st.text(max_size=30), EDGE_TEXT,
 )
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | EDGE_TEXT, inner,
-                                                               max_size=4),
-    max_leaves=12,
-)
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # (a def, not a lambda over two lines: hypothesis reads the source to check that the
+    # argument is used, and cannot always find a multi-line lambda's)
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | EDGE_TEXT, inner, max_size=4)
+
+
+VALUES = st.recursive(SCALARS, _containers, max_leaves=12)
 FIELDS = ("room_id", "last_message_id", "content", "reply_to", "client_msg_id", "message_ids",
           "before_id", "after_id", "limit", "token", "request_id", "is_typing")
 FIELD_VALUES = st.one_of(VALUES, st.integers(1, 3), BIG_INTS, st.lists(st.integers(0, 5), max_size=3),
@@ -884,7 +864,8 @@ def test_bad_input_never_hurts(fuzz_server: RunningServer, frames: list[str | by
             while not probed or (needs_reply and not direct):
                 text = ws.recv(timeout=WAIT)
                 frame = orjson.loads(text)
-                assert isinstance(frame, dict) and isinstance(frame.get("type"), str), text
+                assert isinstance(frame, dict), text
+                assert isinstance(frame.get("type"), str), text
                 assert TIMESTAMP.match(frame.get("timestamp", "")), text
                 if frame["type"] == "pong" and frame.get("request_id") == probe:
                     probed = True
@@ -892,8 +873,10 @@ def test_bad_input_never_hurts(fuzz_server: RunningServer, frames: list[str | by
                 if frame["type"] not in BROADCAST_TYPES:
                     direct.append(frame)
                 if frame["type"] == "error":
-                    assert frame["code"] in ERROR_CODES and frame["code"] != "internal_error", (raw, frame)
-                    assert isinstance(frame["message"], str) and not LEAKS.search(frame["message"]), frame
+                    assert frame["code"] in ERROR_CODES, (raw, frame)
+                    assert frame["code"] != "internal_error", (raw, frame)
+                    assert isinstance(frame["message"], str), frame
+                    assert not LEAKS.search(frame["message"]), frame
                     assert "retry_after_ms" not in frame or frame["code"] == "rate_limited", frame
             if isinstance(raw, bytes):
                 assert [f.get("code") for f in direct] == ["unsupported_frame"], direct

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from unichatd.store import AdminStore, NewMessage, Store
+from unichatd.models import NewMessage
+from unichatd.store import AdminStore, SqliteStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,14 +30,16 @@ def _message(room: int, sender: int, text: str, client_msg_id: str | None = None
 async def test_concurrent_submissions_share_one_transaction(tmp_path: Path) -> None:
     """Messages submitted together commit in one batch, in order, with increasing ids."""
     db, room = _room(tmp_path, [1])
-    store = Store(db)
+    store = SqliteStore(db)
     await store.open()
     try:
         futures = [store.append_message(_message(room, 1, f"m{i}")) for i in range(50)]
         stored = await asyncio.wait_for(asyncio.gather(*futures), 10)
         ids = [s.message.id for s in stored]
-        assert ids == sorted(ids) and len(set(ids)) == 50
-        assert store.batch_sizes.count == 1 and store.batch_sizes.total == 50
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 50
+        assert store.batch_sizes.count == 1
+        assert store.batch_sizes.total == 50
     finally:
         await store.close()
 
@@ -44,7 +47,7 @@ async def test_concurrent_submissions_share_one_transaction(tmp_path: Path) -> N
 async def test_repeated_client_msg_id_in_one_batch_is_stored_once(tmp_path: Path) -> None:
     """Two sends with one client_msg_id in the same batch give one row; the second is marked not created."""
     db, room = _room(tmp_path, [1])
-    store = Store(db)
+    store = SqliteStore(db)
     await store.open()
     try:
         first, second = await asyncio.wait_for(asyncio.gather(
@@ -55,13 +58,14 @@ async def test_repeated_client_msg_id_in_one_batch_is_stored_once(tmp_path: Path
     finally:
         await store.close()
     assert (first.created, second.created) == (True, False)
-    assert second.message.id == first.message.id and [m.content for m in page] == ["a"]
+    assert second.message.id == first.message.id
+    assert [m.content for m in page] == ["a"]
 
 
 async def test_mark_read_by_a_non_participant_does_not_fail_the_batch(tmp_path: Path) -> None:
     """A read marker for someone no longer in the room answers None; the batch's messages still commit."""
     db, room = _room(tmp_path, [1])
-    store = Store(db)
+    store = SqliteStore(db)
     await store.open()
     try:
         message = store.append_message(_message(room, 1, "kept"))
@@ -71,4 +75,5 @@ async def test_mark_read_by_a_non_participant_does_not_fail_the_batch(tmp_path: 
     finally:
         await store.close()
     assert marker is None
-    assert stored.created and [m.id for m in page] == [stored.message.id]
+    assert stored.created
+    assert [m.id for m in page] == [stored.message.id]

@@ -236,6 +236,7 @@ async def test_expired_token_returns_to_sign_in(browser: Any, chat_server: Runni
     await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
 
 
+@pytest.mark.socket
 async def test_page_has_a_content_security_policy(chat_server: RunningServer) -> None:
     """GET / carries a CSP limiting the page to its own origin and its WebSocket."""
 
@@ -244,7 +245,9 @@ async def test_page_has_a_content_security_policy(chat_server: RunningServer) ->
             return response.headers["Content-Security-Policy"], response.read().decode()
 
     csp, body = await asyncio.to_thread(fetch)
-    assert "default-src 'self'" in csp and "connect-src 'self'" in csp and "ws://127.0.0.1:" in csp
+    assert "default-src 'self'" in csp
+    assert "connect-src 'self'" in csp
+    assert "ws://127.0.0.1:" in csp
     assert 'content="/ws/chat/"' in body
 
 

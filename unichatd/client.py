@@ -30,8 +30,10 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from .errors import CloseCode, UnichatError
 
-class ClientRequestError(Exception):
+
+class ClientRequestError(UnichatError):
     """The server answered a request with an ``error`` frame."""
 
     def __init__(self, frame: dict[str, Any]) -> None:
@@ -40,7 +42,7 @@ class ClientRequestError(Exception):
         self.frame = frame
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(UnichatError):
     """The connection closed and ``reconnect`` is off (or the server refused us for good)."""
 
     def __init__(self, code: int | None, reason: str) -> None:
@@ -49,11 +51,11 @@ class ConnectionLost(Exception):
         self.reason = reason
 
 
-class Disconnected(Exception):
+class Disconnected(UnichatError):
     """The connection dropped while a request was in flight; the client is reconnecting."""
 
 
-_PERMANENT_CLOSE_CODES = {4001, 1008}
+_PERMANENT_CLOSE_CODES = {CloseCode.AUTH, CloseCode.POLICY_VIOLATION}
 
 
 class ChatClient:
@@ -333,7 +335,7 @@ class ChatClient:
 
     # -- events -----------------------------------------------------------------
 
-    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+    async def next_event(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109  (public API)
         async with asyncio.timeout(timeout):
             item = await self._events.get()
         if isinstance(item, BaseException):

@@ -1,30 +1,15 @@
-"""Fan-out: which connections listen to which room, and who is connected as whom.
+"""The in-process :class:`~unichatd.interfaces.Broker`: fan-out within one daemon.
 
-The hub is the in-process default; a hub backed by a broker (Redis, NATS) would keep
-the same small interface — ``subscribe``/``unsubscribe``/``leave_all``/``publish``/
-``send_to_user`` — and deliver what other processes publish to its local subscribers.
-
-A published frame is already encoded; the hub hands the same ``bytes`` object to every
-recipient and never awaits one of them, so a slow peer cannot hold up the others.
+Rooms map to their subscribed connections and users to their connections, in plain
+dicts; a publish is a loop over one of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
-
-class Subscriber(Protocol):
-    """What the hub needs of a connection."""
-
-    @property
-    def user_id(self) -> int: ...
-
-    def deliver(self, room_id: int, frame: bytes, message_id: int | None) -> None:
-        """Queue ``frame`` for the peer without waiting; ``message_id`` for new messages."""
-
-
-S = TypeVar("S", bound=Subscriber)
+from .interfaces import S
 
 
 class Hub(Generic[S]):
@@ -136,6 +121,18 @@ class Hub(Generic[S]):
             if exclude_user is not None and subscriber.user_id == exclude_user:
                 continue
             subscriber.deliver(room_id, frame, message_id)
+            count += 1
+        self.deliveries += count
+        return count
+
+    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None) -> int:
+        """Hand ``frame`` to the user's connections; with ``leaving_room``, only to those
+        subscribed to that room, which leave it first.  Returns how many got it."""
+        count = 0
+        for subscriber in tuple(self._users.get(user_id, ())):
+            if leaving_room is not None and not self.unsubscribe(leaving_room, subscriber):
+                continue
+            subscriber.deliver(None, frame, None)
             count += 1
         self.deliveries += count
         return count

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from .errors import AlreadyServing
+
 
 @dataclass(frozen=True, slots=True)
 class Instance:
@@ -42,15 +44,6 @@ class Instance:
     @property
     def ws_url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://{self.local_host}:{self.port}{self.path}"
-
-
-class AlreadyServing(Exception):
-    """Another process serves this database."""
-
-    def __init__(self, lock_path: Path, pid: int | None) -> None:
-        who = f"process {pid}" if pid else "another process"
-        super().__init__(f"{lock_path} is held by {who}: a server already runs on this database")
-        self.pid = pid
 
 
 def lock_path(database: Path) -> Path:

@@ -1,7 +1,7 @@
 """Live measurements for /metrics: plain counters and fixed-bucket histograms.
 
 The hot path only bumps integers here; ``prometheus_client`` formats them at scrape
-time (see ``server._MetricsCollector``).
+time (see ``prometheus``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Access checks, room lists, unread counts and last-message previews run on every
 request, so they are answered from memory.  The directory is filled from
-:meth:`Store.load_rooms <unichatd.store.Store.load_rooms>` and then kept in step with
+:meth:`MessageStore.load_rooms <unichatd.interfaces.MessageStore.load_rooms>` and then kept in step with
 each committed write, applied in commit order (see ``chat``).
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol import Message, format_timestamp
-from .store import PREVIEW_CHARS, RoomRecord, Snapshot
+from .models import Message, RoomRecord, Snapshot
+from .protocol import format_timestamp
+
+PREVIEW_CHARS = 200
+"""How much of the last message a room list shows."""
 
 
 def preview(content: str) -> str:

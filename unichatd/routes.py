@@ -1,6 +1,6 @@
-"""The plain HTTP side of the chat port: the web client, /session, /healthz, /metrics.
+"""HTTP building blocks for the chat port: responses, the web client's files and CSP,
+the session cookie, header and origin checks.  ``endpoints`` decides which applies.
 
-Also the handshake's origin rule (protocol.md §1), which is HTTP, not WebSocket.
 Every answer here is a complete :class:`~websockets.http11.Response`; error answers
 carry a small JSON body (``{"error": code, "message": text}``) and never a traceback.
 """
@@ -20,6 +20,8 @@ import orjson
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
+from .errors import BadRequest
+
 READ_METHODS = frozenset({"GET", "HEAD"})
 SESSION_PATH = "/session"
 
@@ -31,10 +33,6 @@ _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 _web_files: dict[str, bytes] = {}
 """The served files, read once: a fixed set, so asking for other names costs no memory."""
-
-
-class BadRequest(Exception):
-    """A request the HTTP layer refuses with 400 (e.g. a security header sent twice)."""
 
 
 def header(request: Request, name: str) -> str | None:

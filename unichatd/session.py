@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
@@ -17,18 +16,18 @@ import structlog
 
 from . import protocol
 from .auth import TOKEN_EXPIRED, Identity, verify_token
-from .chat import ROOM_UPDATE_PIGGYBACK, Chat
-from .errors import AuthError, ClientError, CloseConnection, RateLimited
+from .catchup import CatchUp
+from .chat import Chat
+from .clock import Timer
+from .errors import AuthError, ClientError, CloseCode, CloseConnection, ErrorCode, RateLimited
 from .limits import FloodGuard, TokenBucket
 from .log import switches
-from .store import Stored
+from .models import ReadResult, Stored
 
 log = structlog.get_logger("unichatd.session")
 
 CATCH_UP_LIMIT = 100
 REPLIES_OWED_TIMEOUT = 5.0
-CLOSE_AUTH = 4001
-CLOSE_POLICY = 1008
 
 
 class Sink(Protocol):
@@ -37,7 +36,7 @@ class Sink(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue one text frame without waiting."""
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: CloseCode, reason: str) -> None:
         """Start closing the connection with ``code``; later sends are dropped."""
 
 
@@ -55,8 +54,7 @@ class Session:
     """The state of one authenticated connection."""
 
     __slots__ = (
-        "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed", "draining",
-        "pending_room_updates", "room_updates_since", "_catching_up", "_caught_up_to",
+        "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed", "draining", "_catch_ups",
         "_frames", "_frame_flood", "_send_flood", "_expiry", "_replies", "_replies_out", "_close_after_replies",
         "__weakref__",
     )
@@ -76,23 +74,16 @@ class Session:
         self._replies: collections.deque[_Reply] | None = None
         """Replies waiting for an earlier one (a send's ack waits for its commit)."""
         self._replies_out: asyncio.Future[None] | None = None
-        self._close_after_replies: tuple[int, str] | None = None
+        self._close_after_replies: tuple[CloseCode, str] | None = None
         """(code, reason) of a close that waits for the replies still owed."""
-        self.pending_room_updates: set[int] | None = None
-        """Rooms whose room_updated this connection is owed (see Chat.flush_room_updates_of)."""
-        self.room_updates_since = 0.0
-        """When the oldest of those became owed (time.monotonic())."""
-        self._catching_up: dict[int, list[tuple[bytes, int | None]]] = {}
-        self._caught_up_to: dict[int, int] = {}
-        """room → the last message id a catch-up history carried, while broadcasts of
-        messages it already held may still be on their way (see _subscribe)."""
+        self._catch_ups: dict[int, CatchUp] = {}
+        """room → its catch-up, while live frames may still repeat history (see catchup)."""
         limits = chat.config.limits
         self._frames = TokenBucket(limits.frames_per_second, limits.frame_burst)
         # Past twice the burst of refusals within a second, the client ignores retry_after_ms.
         self._frame_flood = FloodGuard(2 * limits.frame_burst)
         self._send_flood = FloodGuard(2 * limits.message_burst)
-        self._expiry: asyncio.TimerHandle | None = None
-
+        self._expiry: Timer | None = None
 
     def apply_limits(self) -> None:
         """Adopt the chat's current frame limits (after a config reload)."""
@@ -108,7 +99,7 @@ class Session:
         self._schedule_expiry()
         self.send(protocol.connection_established_frame(self.user_id, self.identity.username))
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: CloseCode, reason: str) -> None:
         """Stop executing frames and close; replies still owed (acks of committed sends)
         go out first, within REPLIES_OWED_TIMEOUT."""
         if self.closed:
@@ -119,7 +110,7 @@ class Session:
             return
         self._close_after_replies = (code, reason)
         # A store that never answers must not keep the connection open.
-        asyncio.get_running_loop().call_later(REPLIES_OWED_TIMEOUT, self._close_now)
+        self.chat.clock.call_later(REPLIES_OWED_TIMEOUT, self._close_now)
 
     def _close_now(self) -> None:
         if self._close_after_replies is not None:
@@ -137,29 +128,22 @@ class Session:
     def _schedule_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        delay = max(0.0, self.identity.expires_at - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(
-            delay, self.close, CLOSE_AUTH, TOKEN_EXPIRED
-        )
+        clock = self.chat.clock
+        delay = max(0.0, self.identity.expires_at - clock.time())
+        self._expiry = clock.call_later(delay, self.close, CloseCode.AUTH, TOKEN_EXPIRED)
 
     # -- outgoing --------------------------------------------------------------
 
-    def deliver(self, room_id: int, frame: bytes, message_id: int | None) -> None:
-        if self._catching_up:
-            buffered = self._catching_up.get(room_id)
-            if buffered is not None:
-                buffered.append((frame, message_id))
-                return
-        if self._caught_up_to and message_id is not None:
-            caught_up_to = self._caught_up_to.get(room_id)
-            if caught_up_to is not None:
-                if message_id <= caught_up_to:
-                    return  # history carried it already
-                # A room's broadcasts come in id order: nothing older can follow.
-                del self._caught_up_to[room_id]
+    def deliver(self, room_id: int | None, frame: bytes, message_id: int | None) -> None:
+        if self._catch_ups and room_id is not None:
+            catch_up = self._catch_ups.get(room_id)
+            if catch_up is not None:
+                if not catch_up.offer(frame, message_id):
+                    return
+                if catch_up.finished:
+                    del self._catch_ups[room_id]
         self.send(frame)
-        if self.pending_room_updates and time.monotonic() - self.room_updates_since >= ROOM_UPDATE_PIGGYBACK:
-            self.chat.flush_room_updates_of(self)
+        self.chat.updates.after_delivery(self)
 
     def send_error(self, error: ClientError) -> None:
         stats = self.chat.stats
@@ -239,7 +223,7 @@ class Session:
                     exc.client_msg_id = request.client_msg_id
                     if self._send_flood.refused():
                         self.chat.stats.flood_closes += 1
-                        self.close(CLOSE_POLICY, "rate limit exceeded")
+                        self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                         return
             self.send_error(exc)
         except ClientError as exc:
@@ -255,7 +239,7 @@ class Session:
             log.exception("request.failed", conn_id=self.conn_id, user_id=self.user_id,
                           request=type(request).__name__)
             self.send_error(ClientError(
-                "internal_error", "the server failed to handle this request",
+                ErrorCode.INTERNAL_ERROR, "the server failed to handle this request",
                 request_id=request.request_id if request is not None else None,
                 room_id=getattr(request, "room_id", None),
                 client_msg_id=getattr(request, "client_msg_id", None),
@@ -272,7 +256,7 @@ class Session:
         except CloseConnection as exc:
             self.close(exc.code, exc.reason)
             return
-        self.send_error(ClientError("unsupported_frame", "binary frames are not supported; send JSON text"))
+        self.send_error(ClientError(ErrorCode.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"))
 
     def _check_frame_rate(self, text: str | None) -> None:
         """Every frame, of any type, takes a token from the connection's bucket."""
@@ -281,7 +265,7 @@ class Session:
             return
         if self._frame_flood.refused():
             self.chat.stats.flood_closes += 1
-            raise CloseConnection(CLOSE_POLICY, "rate limit exceeded")
+            raise CloseConnection(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         refusal = RateLimited(wait_ms)
         if text is not None:  # the client still needs to tell which request this answers
             refusal.request_id, refusal.room_id, refusal.client_msg_id = protocol.peek_ids(text)
@@ -297,56 +281,45 @@ class Session:
         # not queued behind a send's ack that is still owed.
         await self._replies_sent()
         chat.check_access(room_id, self.user_id)
-        if request.last_message_id is None:
-            chat.hub.subscribe(room_id, self)
+        after_id = request.last_message_id
+        if after_id is None:
+            chat.broker.subscribe(room_id, self)
             if switches.debug:
                 log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id)
             self.send(protocol.subscribed_frame(room_id, request.request_id))
             return
-        # Catch-up without gap or duplicate:
-        # 1. join the room first, holding back its live frames;
-        # 2. read what was committed after the client's last message (this read sees
-        #    at least every message whose broadcast happened before step 1, and a message
-        #    committed after it is broadcast after step 1, so it is held);
-        # 3. send subscribed and history;
-        # 4. release the held frames, skipping messages that history already carried;
-        # 5. messages committed before the read but broadcast after step 4 (their commit
-        #    callbacks had not run yet) are skipped by deliver(), up to history's last id.
-        joined = chat.hub.subscribe(room_id, self)
-        held: list[tuple[bytes, int | None]] = []
-        self._catching_up[room_id] = held
+        # Join first, then read what was missed (see catchup).
+        joined = chat.broker.subscribe(room_id, self)
+        catch_up = self._catch_ups[room_id] = CatchUp()
         try:
             messages, has_more = await chat.store.history(
-                room_id, before_id=None, after_id=request.last_message_id, limit=CATCH_UP_LIMIT
+                room_id, before_id=None, after_id=after_id, limit=CATCH_UP_LIMIT
             )
             # Removed from the room while the read ran (and told `unsubscribed` already)?
             chat.check_access(room_id, self.user_id)
-            if not chat.hub.is_subscribed(room_id, self):
-                raise ClientError("access_denied", "you are not a participant of this room", room_id=room_id)
+            if not chat.broker.is_subscribed(room_id, self):
+                raise ClientError.access_denied(room_id)
         except BaseException:
+            self._catch_ups.pop(room_id, None)
             if joined:  # a subscription that existed before this request stays
-                chat.hub.unsubscribe(room_id, self)
+                chat.broker.unsubscribe(room_id, self)
             raise
-        finally:
-            self._catching_up.pop(room_id, None)
-            # Between steps 2 and 3 nothing is awaited, so no frame can slip past `held`.
+        # From here to the release nothing is awaited, so no frame can slip past the hold.
         if switches.debug:
             log.debug("room.subscribed", conn_id=self.conn_id, user_id=self.user_id, room_id=room_id,
                       caught_up=len(messages))
         self.send(protocol.subscribed_frame(room_id, request.request_id))
-        truncated = chat.pruned_through(room_id) > request.last_message_id
+        truncated = chat.pruned_through(room_id) > after_id
         self.send(protocol.history_frame(room_id, messages, has_more, None, truncated=truncated))
-        seen = messages[-1].id if messages else request.last_message_id
-        for frame, message_id in held:
-            if message_id is None or message_id > seen:
-                self.send(frame)
-        if messages and not any(message_id is not None and message_id >= seen for _, message_id in held):
-            self._caught_up_to[room_id] = seen
+        for frame in catch_up.release(messages, after_id):
+            self.send(frame)
+        if catch_up.finished and self._catch_ups.get(room_id) is catch_up:
+            del self._catch_ups[room_id]
 
     async def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         await self.chat.ensure_access(request.room_id, self.user_id)
-        self.chat.hub.unsubscribe(request.room_id, self)
-        self._caught_up_to.pop(request.room_id, None)
+        self.chat.broker.unsubscribe(request.room_id, self)
+        self._catch_ups.pop(request.room_id, None)
         self.reply(protocol.unsubscribed_frame(request.room_id, request.request_id))
 
     async def _send_message(self, request: protocol.SendMessage) -> None:
@@ -362,18 +335,23 @@ class Session:
         if exc is not None:
             if switches.debug:  # (the store logged the cause, once)
                 log.debug("message.store_failed", conn_id=self.conn_id, room_id=request.room_id, error=str(exc))
-            error = ClientError("internal_error", "the message could not be stored", room_id=request.room_id,
+            error = ClientError(ErrorCode.INTERNAL_ERROR, "the message could not be stored", room_id=request.room_id,
                                 request_id=request.request_id, client_msg_id=request.client_msg_id)
             self.chat.stats.errors[error.code] += 1
             self._fulfil(slot, protocol.error_frame(error))
             return
         stored = future.result()
-        wire = stored.message.to_wire()
+        wire = protocol.message_object(stored.message)
         self._fulfil(slot, protocol.message_ack_frame(stored.message, request.request_id, wire))
         self.chat.message_stored(self, stored, wire)
 
     def _mark_read(self, request: protocol.MarkRead) -> Awaitable[None]:
-        return self.chat.mark_read(self, request)
+        return self.chat.mark_read(self, request, partial(self._read_marked, request))
+
+    def _read_marked(self, request: protocol.MarkRead, result: ReadResult) -> None:
+        self.reply(protocol.read_marked_frame(
+            request.room_id, result.last_read_id, result.unread_count, request.request_id
+        ))
 
     def _typing(self, request: protocol.Typing) -> Awaitable[None]:
         return self.chat.typing(self, request)
@@ -401,9 +379,9 @@ class Session:
         try:
             identity = verify_token(request.token, self.chat.keyring)
         except AuthError as exc:
-            raise ClientError("invalid_message", f"token refused: {exc.reason}") from None
+            raise ClientError(ErrorCode.INVALID_MESSAGE, f"token refused: {exc.reason}") from None
         if identity.user_id != self.user_id:
-            raise ClientError("invalid_message", "token refused: it is for another user")
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "token refused: it is for another user")
         # A new name in the token is the user's name from now on, in history too.
         await self.chat.remember_user(identity)
         self.identity = identity
@@ -420,7 +398,7 @@ class Session:
         identity = self.identity
         self.reply(protocol.whoami_frame(
             identity.user_id, identity.username, identity.first_name,
-            tuple(self.chat.hub.rooms_of(self)), identity.expires_at, request.request_id,
+            tuple(self.chat.broker.rooms_of(self)), identity.expires_at, request.request_id,
         ))
 
 

@@ -1,0 +1,98 @@
+"""``unichatd bench``: the command line of the load benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Any
+
+import orjson
+
+from .fanout import scenario_ceiling, scenario_fanout
+from .history import scenario_history
+from .idle import scenario_idle
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+QUICK = {"rooms": 5, "members": 3, "duration": 2.0, "warmup": 0.5, "conns": 200, "idle_rooms": 10,
+         "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "history", "ceiling"])
+    parser.add_argument("--quick", action="store_true", help="small sizes, seconds (for CI)")
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--senders", type=int, default=1)
+    parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="rate: messages/s in all")
+    parser.add_argument("--conns", type=int, default=18_000, help="idle: connections")
+    parser.add_argument("--subs", type=int, default=5, help="idle: rooms per connection")
+    parser.add_argument("--idle-rooms", type=int, default=100)
+    parser.add_argument("--relay", action="store_true", help="idle: measure the bare relay instead")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="history: big room size")
+    parser.add_argument("--list-rooms", type=int, default=200)
+    parser.add_argument("--catchup", type=int, default=10_000)
+    parser.add_argument("--pages", type=int, default=1000)
+    parser.add_argument("--lists", type=int, default=200)
+    parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--url", help="target a running server instead (needs --key and its rooms)")
+    parser.add_argument("--key", help="the running server's signing key")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        defaults = {action.dest: action.default for action in _parser()._actions}
+        for name, value in QUICK.items():
+            if getattr(args, name) == defaults.get(name):
+                setattr(args, name, value)
+    if (os.cpu_count() or 1) < 2:
+        args.server_cpu = args.client_cpu = None
+    scenario = args.scenario
+    if scenario == "fanout":
+        result = scenario_fanout(args)
+    elif scenario == "rate":
+        result = scenario_fanout(args, rate=args.rate)
+    elif scenario == "idle":
+        result = scenario_idle(args)
+    elif scenario == "history":
+        result = scenario_history(args)
+    else:
+        result = scenario_ceiling(args)
+    _print_table(result)
+    print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    return 0 if result.get("errors", 0) == 0 else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unichatd bench")
+    add_arguments(parser)
+    return parser
+
+
+def _print_table(result: dict[str, Any], indent: str = "") -> None:
+    width = shutil.get_terminal_size((100, 20)).columns
+    for key, value in result.items():
+        if isinstance(value, dict) and key in ("unichatd", "relay"):
+            print(f"{indent}{key}:", file=sys.stderr)
+            _print_table(value, indent + "  ")
+            continue
+        text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+        print(f"{indent}{key:<22} {text}"[:width], file=sys.stderr)
+    cpu = result.get("client_cpu_pct")
+    if isinstance(cpu, float) and cpu >= 90:
+        print(f"{indent}WARNING: the client used {cpu}% of its core: it, not the server, may be the "
+              "bottleneck; cross-check with bench/crosscheck.py and a C load generator", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_parser().parse_args(argv))

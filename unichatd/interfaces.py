@@ -1,0 +1,136 @@
+"""The two seams the chat service is built on: where messages are kept, and how frames
+reach connections.  The embedded implementations are ``store.SqliteStore`` and
+``hub.Hub``; ``app.build_server`` chooses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+from .auth import Identity
+from .metrics import Histogram
+from .models import MembershipChange, Message, NewMessage, ReadResult, Snapshot, Stored
+
+
+class MessageStore(Protocol):
+    """What the chat service needs from storage.
+
+    Writes return futures that resolve in commit order, after their commit: the chat
+    service applies each write's effect to memory in that order, so memory moves through
+    the same sequence of states as the database.
+    """
+
+    @property
+    def batch_sizes(self) -> Histogram:
+        """Operations per write transaction (for metrics)."""
+
+    @property
+    def write_latency(self) -> Histogram:
+        """Seconds per write transaction (for metrics)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Finish every write already submitted, then release the database."""
+
+    def append_message(self, message: NewMessage) -> asyncio.Future[Stored]: ...
+
+    def mark_read(
+        self, room_id: int, user_id: int, message_ids: Sequence[int]
+    ) -> asyncio.Future[ReadResult | None]: ...
+
+    def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]: ...
+
+    def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]: ...
+
+    def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]: ...
+
+    def flush(self) -> asyncio.Future[None]:
+        """Resolves once every write submitted before it has been answered."""
+
+    async def history(
+        self, room_id: int, *, before_id: int | None, after_id: int | None, limit: int
+    ) -> tuple[list[Message], bool]: ...
+
+    async def message_room(self, message_id: int) -> int | None: ...
+
+    async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
+
+
+class Subscriber(Protocol):
+    """What a broker needs of a connection."""
+
+    @property
+    def user_id(self) -> int: ...
+
+    def deliver(self, room_id: int | None, frame: bytes, message_id: int | None) -> None:
+        """Queue ``frame`` for the peer without waiting; ``message_id`` for new messages,
+        ``room_id`` None for a frame addressed to the user rather than a room."""
+
+
+class Connection(Subscriber, Protocol):
+    """What the chat service needs of a connection (a ``session.Session``)."""
+
+    conn_id: int
+    identity: Identity
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame for the peer now."""
+
+    def apply_limits(self) -> None:
+        """Adopt the current config's per-connection limits."""
+
+
+S = TypeVar("S", bound=Subscriber)
+
+
+class Broker(Protocol[S]):
+    """Fan-out: which connections listen to which room, and who is connected as whom.
+
+    A published frame is already encoded; the broker hands the same ``bytes`` object to
+    every recipient and never awaits one of them, so a slow peer cannot hold up the others.
+    The queries about connections answer for this process's connections.
+    """
+
+    def connect(self, subscriber: S) -> None: ...
+
+    def disconnect(self, subscriber: S) -> None:
+        """Forget the connection: it leaves every room."""
+
+    def subscribe(self, room_id: int, subscriber: S) -> bool:
+        """Add the connection to the room; False when it was already there."""
+
+    def unsubscribe(self, room_id: int, subscriber: S) -> bool:
+        """Remove the connection from the room; False when it was not there."""
+
+    def publish(
+        self, room_id: int, frame: bytes, *, message_id: int | None = None, exclude_user: int | None = None
+    ) -> int:
+        """Hand ``frame`` to the room's subscribers; returns how many got it."""
+
+    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None) -> int:
+        """Hand ``frame`` to the user's connections; with ``leaving_room``, only to those
+        subscribed to that room, which leave it first.  Returns how many got it."""
+
+    def is_subscribed(self, room_id: int, subscriber: S) -> bool: ...
+
+    def rooms_of(self, subscriber: S) -> frozenset[int]: ...
+
+    def subscribers(self, room_id: int) -> tuple[S, ...]: ...
+
+    def connections_of(self, user_id: int) -> Collection[S]: ...
+
+    def sessions(self) -> tuple[S, ...]: ...
+
+    def is_online(self, user_id: int) -> bool: ...
+
+    @property
+    def connection_count(self) -> int: ...
+
+    @property
+    def subscription_count(self) -> int: ...
+
+    @property
+    def active_rooms(self) -> int: ...

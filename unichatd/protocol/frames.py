@@ -1,0 +1,249 @@
+"""Server frames → bytes, without I/O.
+
+Each ``*_frame`` builder returns the encoded JSON of one server frame, so a broadcast
+encodes once and hands the same ``bytes`` object to every recipient.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..errors import ClientError
+from ..models import Message
+from .requests import RequestId
+
+# ---------------------------------------------------------------------------
+# Timestamps
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_second_cache: list[Any] = [-1, ""]
+_milli_cache: list[Any] = [-1, ""]
+
+
+def format_timestamp(ms: int) -> str:
+    """RFC 3339, UTC, millisecond precision, ``Z`` suffix."""
+    # Most frames of one burst share a millisecond, and all of them a second: format once.
+    if _milli_cache[0] == ms:
+        return str(_milli_cache[1])
+    seconds, millis = divmod(ms, 1000)
+    if _second_cache[0] != seconds:
+        _second_cache[0] = seconds
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    text = f"{_second_cache[1]}.{millis:03d}Z"
+    _milli_cache[0], _milli_cache[1] = ms, text
+    return text
+
+
+# ---------------------------------------------------------------------------
+# Server frames
+
+
+def message_object(message: Message) -> dict[str, Any]:
+    """A message as the wire shows it (protocol.md §4, "The message object")."""
+    return {
+        "id": message.id,
+        "room_id": message.room_id,
+        "content": message.content,
+        "sender": {
+            "id": message.sender_id,
+            "username": message.sender_username,
+            "first_name": message.sender_first_name,
+        },
+        "timestamp": format_timestamp(message.created_ms),
+        "reply_to": message.reply_to,
+        "message_type": message.message_type,
+        "client_msg_id": message.client_msg_id,
+    }
+
+
+def encode(kind: str, fields: dict[str, Any], request_id: RequestId = None) -> bytes:
+    frame = {"type": kind, **fields, "timestamp": format_timestamp(now_ms())}
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return orjson.dumps(frame)
+
+
+def connection_established_frame(user_id: int, username: str) -> bytes:
+    return encode("connection_established", {"user_id": user_id, "username": username})
+
+
+def subscribed_frame(room_id: int, request_id: RequestId) -> bytes:
+    return encode("subscribed", {"room_id": room_id}, request_id)
+
+
+def unsubscribed_frame(room_id: int, request_id: RequestId, reason: str | None = None) -> bytes:
+    fields: dict[str, Any] = {"room_id": room_id}
+    if reason is not None:
+        fields["reason"] = reason
+    return encode("unsubscribed", fields, request_id)
+
+
+def new_message_frame(message: Message, wire: dict[str, Any] | None = None) -> bytes:
+    """``wire``: ``message_object(message)`` when the caller has it already (ack and broadcast share it)."""
+    return encode("new_message", {"room_id": message.room_id, "message": wire or message_object(message)})
+
+
+def message_ack_frame(message: Message, request_id: RequestId, wire: dict[str, Any] | None = None) -> bytes:
+    return encode(
+        "message_ack",
+        {
+            "room_id": message.room_id,
+            "client_msg_id": message.client_msg_id,
+            "message": wire or message_object(message),
+        },
+        request_id,
+    )
+
+
+def typing_frame(room_id: int, user_id: int, username: str, is_typing: bool) -> bytes:
+    return encode(
+        "typing",
+        {"room_id": room_id, "user_id": user_id, "username": username, "is_typing": is_typing},
+    )
+
+
+def message_read_frame(
+    room_id: int, user_id: int, message_ids: Sequence[int], last_read_message_id: int
+) -> bytes:
+    return encode(
+        "message_read",
+        {
+            "room_id": room_id,
+            "user_id": user_id,
+            "message_ids": list(message_ids),
+            "last_read_message_id": last_read_message_id,
+        },
+    )
+
+
+def read_marked_frame(
+    room_id: int, last_read_message_id: int, unread_count: int, request_id: RequestId
+) -> bytes:
+    return encode(
+        "read_marked",
+        {
+            "room_id": room_id,
+            "last_read_message_id": last_read_message_id,
+            "unread_count": unread_count,
+        },
+        request_id,
+    )
+
+
+def room_updated_frame(room_id: int, updates: Mapping[str, Any]) -> bytes:
+    return encode("room_updated", {"room_id": room_id, "updates": dict(updates)})
+
+
+class RoomUpdateEncoder:
+    """``room_updated`` frames of one room, differing only in ``unread_count``.
+
+    Byte-for-byte what :func:`room_updated_frame` gives, with the shared part encoded once.
+    """
+
+    __slots__ = ("_head", "_tail", "_frames")
+
+    def __init__(self, room_id: int, state: Mapping[str, Any]) -> None:
+        shared = {key: value for key, value in state.items() if key != "unread_count"}
+        body = orjson.dumps({"type": "room_updated", "room_id": room_id, "updates": shared})
+        # '{"type":…,"updates":{…}}' → cut before the two closing braces to append the count.
+        self._head = body[:-2] + (b',"unread_count":' if shared else b'"unread_count":')
+        self._tail = b'},"timestamp":"' + format_timestamp(now_ms()).encode() + b'"}'
+        self._frames: dict[int, bytes] = {}
+
+    def frame(self, unread_count: int) -> bytes:
+        """The frame for one participant; participants with equal counts share one object."""
+        frame = self._frames.get(unread_count)
+        if frame is None:
+            frame = self._frames[unread_count] = self._head + str(unread_count).encode() + self._tail
+        return frame
+
+
+def room_list_frame(rooms: list[dict[str, Any]], request_id: RequestId) -> bytes:
+    return encode("room_list", {"rooms": rooms}, request_id)
+
+
+def history_frame(
+    room_id: int,
+    messages: Sequence[Message],
+    has_more: bool,
+    request_id: RequestId,
+    *,
+    truncated: bool = False,
+) -> bytes:
+    fields: dict[str, Any] = {
+        "room_id": room_id, "messages": [message_object(m) for m in messages], "has_more": has_more
+    }
+    if truncated:
+        # Retention deleted messages inside the range asked for.
+        fields["truncated"] = True
+    return encode("history", fields, request_id)
+
+
+def pong_frame(request_id: RequestId) -> bytes:
+    return encode("pong", {}, request_id)
+
+
+def token_refreshed_frame(expires_at: float, request_id: RequestId) -> bytes:
+    return encode(
+        "token_refreshed", {"expires_at": format_timestamp(int(expires_at * 1000))}, request_id
+    )
+
+
+# What `help` answers: every request type, its fields, and its reply (for people at wscat).
+REQUEST_HELP: dict[str, dict[str, Any]] = {
+    "subscribe_room": {"fields": {"room_id": "int", "last_message_id": "int, optional"},
+                       "reply": "subscribed, then history when last_message_id is given"},
+    "unsubscribe_room": {"fields": {"room_id": "int"}, "reply": "unsubscribed"},
+    "send_message": {"fields": {"room_id": "int", "content": "string",
+                                "reply_to": "message id, optional",
+                                "client_msg_id": "string of at most 64 characters, optional"},
+                     "reply": "message_ack"},
+    "mark_read": {"fields": {"room_id": "int", "message_ids": "list of ids, optional (absent = all)"},
+                  "reply": "read_marked"},
+    "typing": {"fields": {"room_id": "int"}, "reply": "none"},
+    "stop_typing": {"fields": {"room_id": "int"}, "reply": "none"},
+    "get_room_list": {"fields": {}, "reply": "room_list"},
+    "get_history": {"fields": {"room_id": "int", "before_id": "int, optional",
+                               "after_id": "int, optional", "limit": "1..100, default 50"},
+                    "reply": "history"},
+    "refresh_token": {"fields": {"token": "string"}, "reply": "token_refreshed"},
+    "ping": {"fields": {}, "reply": "pong"},
+    "help": {"fields": {}, "reply": "help"},
+    "whoami": {"fields": {}, "reply": "whoami"},
+}
+
+
+def help_frame(request_id: RequestId) -> bytes:
+    return encode("help", {"requests": REQUEST_HELP,
+                           "note": "every request may carry request_id (string or integer)"}, request_id)
+
+
+def whoami_frame(
+    user_id: int, username: str, first_name: str, subscriptions: Sequence[int], expires_at: float,
+    request_id: RequestId,
+) -> bytes:
+    return encode("whoami", {
+        "user_id": user_id, "username": username, "first_name": first_name,
+        "subscriptions": sorted(subscriptions),
+        "expires_at": format_timestamp(int(expires_at * 1000)),
+    }, request_id)
+
+
+def error_frame(error: ClientError) -> bytes:
+    fields: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.room_id is not None:
+        fields["room_id"] = error.room_id
+    if error.client_msg_id is not None:
+        fields["client_msg_id"] = error.client_msg_id
+    retry_after_ms = getattr(error, "retry_after_ms", None)
+    if retry_after_ms is not None:
+        fields["retry_after_ms"] = retry_after_ms
+    return encode("error", fields, error.request_id)

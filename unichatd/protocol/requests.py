@@ -1,0 +1,347 @@
+"""Client frames → typed requests.
+
+:func:`parse_request` is the one place where a client frame is checked.  It returns a
+frozen request object whose fields are known to be valid, or raises
+:class:`~unichatd.errors.ClientError` with the error code the server answers with.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import ClientError, ErrorCode
+
+MAX_ID = 2**63 - 1
+MAX_REQUEST_ID_CHARS = 64
+MAX_CLIENT_MSG_ID_CHARS = 64
+MAX_MARK_READ_IDS = 1000
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 100
+MAX_TOKEN_CHARS = 8192
+
+RequestId = str | int | None
+
+
+# ---------------------------------------------------------------------------
+# Requests
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """``subscribe_room``: the room's live frames; with ``last_message_id``, what was missed first."""
+
+    room_id: int
+    last_message_id: int | None
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """``unsubscribe_room``."""
+
+    room_id: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """``send_message``: answered with ``message_ack`` once the message is stored."""
+
+    room_id: int
+    content: str
+    reply_to: int | None
+    client_msg_id: str | None
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """``mark_read``: moves the user's read marker forward."""
+
+    room_id: int
+    message_ids: tuple[int, ...]
+    """Empty means: everything in the room."""
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """``typing`` (``is_typing``) or ``stop_typing``."""
+
+    room_id: int
+    is_typing: bool
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetRoomList:
+    """``get_room_list``."""
+
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetHistory:
+    """``get_history``: a page before ``before_id`` or after ``after_id``, else the newest."""
+
+    room_id: int
+    before_id: int | None
+    after_id: int | None
+    limit: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``ping``."""
+
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """``help``: every request type and its fields."""
+
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    """``whoami``."""
+
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    """``refresh_token``: a newer token of the same user."""
+
+    token: str
+    request_id: RequestId = None
+
+
+Request = (
+    Subscribe
+    | Unsubscribe
+    | SendMessage
+    | MarkRead
+    | Typing
+    | GetRoomList
+    | GetHistory
+    | RefreshToken
+    | Ping
+    | Help
+    | WhoAmI
+)
+
+
+def parse_request(text: str | bytes, *, max_content_chars: int) -> Request:
+    """Decode and check one client frame."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ClientError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
+    request_id: RequestId = None
+    try:
+        request_id = _request_id(frame)
+        kind = frame.get("type")
+        if not isinstance(kind, str):
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'type' is required and must be a string")
+        parser = _PARSERS.get(kind)
+        if parser is None:
+            raise ClientError(ErrorCode.UNKNOWN_TYPE, _unknown_type_message(kind))
+        return parser(frame, request_id, max_content_chars)
+    except ClientError as exc:
+        exc.request_id = request_id
+        if frame.get("type") == "send_message":
+            exc.client_msg_id = _client_msg_id_or_none(frame)
+        if exc.room_id is None:
+            room_id = frame.get("room_id")
+            if isinstance(room_id, int) and not isinstance(room_id, bool) and 1 <= room_id <= MAX_ID:
+                exc.room_id = room_id
+        raise
+
+
+def _unknown_type_message(kind: str) -> str:
+    """Name the unknown type, and the nearest known ones (people at wscat type ``subscribe``)."""
+    message = f"unknown type {kind[:64]!r}"
+    close = difflib.get_close_matches(kind[:64], REQUEST_TYPES, n=2, cutoff=0.6)
+    if not close and len(kind) >= 3:
+        close = [name for name in REQUEST_TYPES if name.startswith(kind)][:2]
+    if close:
+        message += "; did you mean " + " or ".join(repr(name) for name in close) + "?"
+    return message + ' (send {"type": "help"} for every request type)'
+
+
+def _client_msg_id_or_none(frame: Mapping[str, Any]) -> str | None:
+    value = frame.get("client_msg_id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_CLIENT_MSG_ID_CHARS:
+        return value
+    return None
+
+
+def peek_ids(text: str | bytes) -> tuple[RequestId, int | None, str | None]:
+    """The frame's request_id, room_id and (for a send) client_msg_id when they are valid,
+    for errors raised before parsing."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    if not isinstance(frame, dict):
+        return None, None, None
+    try:
+        request_id = _request_id(frame)
+    except ClientError:
+        request_id = None
+    room_id = frame.get("room_id")
+    valid_room = isinstance(room_id, int) and not isinstance(room_id, bool) and 1 <= room_id <= MAX_ID
+    client_msg_id = _client_msg_id_or_none(frame) if frame.get("type") == "send_message" else None
+    return request_id, room_id if valid_room else None, client_msg_id
+
+
+def _request_id(frame: Mapping[str, Any]) -> RequestId:
+    if "request_id" not in frame:
+        return None
+    value = frame["request_id"]
+    if isinstance(value, str) and len(value) <= MAX_REQUEST_ID_CHARS:
+        return value
+    if _is_int(value) and -MAX_ID <= value <= MAX_ID:
+        return int(value)
+    raise ClientError(
+        ErrorCode.INVALID_MESSAGE, "field 'request_id' must be a string of at most 64 characters or an integer"
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_field(frame: Mapping[str, Any], name: str, *, minimum: int = 1, required: bool = True) -> Any:
+    if name not in frame or frame[name] is None:
+        if required:
+            raise ClientError(ErrorCode.INVALID_MESSAGE, f"field {name!r} is required")
+        return None
+    value = frame[name]
+    if not _is_int(value):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be an integer")
+    if not minimum <= value <= MAX_ID:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be between {minimum} and {MAX_ID}")
+    return value
+
+
+def _room_id(frame: Mapping[str, Any]) -> int:
+    room_id: int = _int_field(frame, "room_id")
+    return room_id
+
+
+def _parse_subscribe(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Subscribe:
+    return Subscribe(
+        _room_id(frame), _int_field(frame, "last_message_id", minimum=0, required=False), request_id
+    )
+
+
+def _parse_unsubscribe(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Unsubscribe:
+    return Unsubscribe(_room_id(frame), request_id)
+
+
+def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int) -> SendMessage:
+    room_id = _room_id(frame)
+    content = frame.get("content")
+    if not isinstance(content, str):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' is required and must be a string")
+    if not content.strip():
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' must not be empty")
+    if len(content) > max_chars:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field 'content' is longer than {max_chars} characters")
+    reply_to = _int_field(frame, "reply_to", required=False)
+    client_msg_id = frame.get("client_msg_id")
+    if client_msg_id is not None and (
+        not isinstance(client_msg_id, str)
+        or not client_msg_id
+        or len(client_msg_id) > MAX_CLIENT_MSG_ID_CHARS
+    ):
+        raise ClientError(
+            ErrorCode.INVALID_MESSAGE, "field 'client_msg_id' must be a non-empty string of at most 64 characters"
+        )
+    return SendMessage(room_id, content, reply_to, client_msg_id, request_id)
+
+
+def _parse_mark_read(frame: Mapping[str, Any], request_id: RequestId, _: int) -> MarkRead:
+    room_id = _room_id(frame)
+    ids = frame.get("message_ids")
+    if ids is None:
+        return MarkRead(room_id, (), request_id)
+    if not isinstance(ids, list) or not all(_is_int(i) and 1 <= i <= MAX_ID for i in ids):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'message_ids' must be a list of message ids")
+    if len(ids) > MAX_MARK_READ_IDS:
+        raise ClientError(
+            ErrorCode.INVALID_MESSAGE, f"field 'message_ids' holds more than {MAX_MARK_READ_IDS} ids"
+        )
+    return MarkRead(room_id, tuple(ids), request_id)
+
+
+def _parse_typing(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Typing:
+    return Typing(_room_id(frame), frame["type"] == "typing", request_id)
+
+
+def _parse_room_list(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetRoomList:
+    return GetRoomList(request_id)
+
+
+def _parse_history(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetHistory:
+    room_id = _room_id(frame)
+    before_id = _int_field(frame, "before_id", required=False)
+    after_id = _int_field(frame, "after_id", minimum=0, required=False)
+    if before_id is not None and after_id is not None:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "fields 'before_id' and 'after_id' exclude each other")
+    limit = frame.get("limit", HISTORY_DEFAULT_LIMIT)
+    if limit is None:
+        limit = HISTORY_DEFAULT_LIMIT
+    if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise ClientError(
+            ErrorCode.INVALID_MESSAGE, f"field 'limit' must be an integer from 1 to {HISTORY_MAX_LIMIT}"
+        )
+    return GetHistory(room_id, before_id, after_id, limit, request_id)
+
+
+def _parse_refresh(frame: Mapping[str, Any], request_id: RequestId, _: int) -> RefreshToken:
+    token = frame.get("token")
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'token' is required and must be a string")
+    return RefreshToken(token, request_id)
+
+
+def _parse_ping(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Ping:
+    return Ping(request_id)
+
+
+def _parse_help(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Help:
+    return Help(request_id)
+
+
+def _parse_whoami(frame: Mapping[str, Any], request_id: RequestId, _: int) -> WhoAmI:
+    return WhoAmI(request_id)
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any], RequestId, int], Request]] = {
+    "subscribe_room": _parse_subscribe,
+    "unsubscribe_room": _parse_unsubscribe,
+    "send_message": _parse_send,
+    "mark_read": _parse_mark_read,
+    "typing": _parse_typing,
+    "stop_typing": _parse_typing,
+    "get_room_list": _parse_room_list,
+    "get_history": _parse_history,
+    "refresh_token": _parse_refresh,
+    "ping": _parse_ping,
+    "help": _parse_help,
+    "whoami": _parse_whoami,
+}
+REQUEST_TYPES = tuple(_PARSERS)

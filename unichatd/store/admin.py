@@ -1,0 +1,153 @@
+"""Administration from the CLI: synchronous, on its own connection.
+
+The daemon learns of every room and membership change from ``membership_log``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from ..errors import NoSuchRoom
+from ..models import Message, RoomSummary
+from .queries import MESSAGES_WITH_SENDER, message_from_row
+from .schema import immediate, now_ms, open_sync
+
+_IMPORT_SQL = "INSERT INTO messages(room_id, sender_id, content, created_ms) VALUES (?,?,?,?)"
+
+
+class AdminStore:
+    """Room and participant changes made by the CLI, each logged for the running daemon."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = open_sync(path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _ensure_users(self, user_ids: Iterable[int]) -> None:
+        # A member who never connected gets a placeholder name until their first token.
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO users(id, username, first_name, updated_ms) VALUES (?, ?, '', ?)",
+            [(uid, f"user{uid}", now_ms()) for uid in user_ids],
+        )
+
+    def create_room(self, name: str, room_type: str, members: Sequence[int]) -> int:
+        with immediate(self.conn) as conn:
+            room_id = conn.execute(
+                "INSERT INTO rooms(name, room_type, created_ms) VALUES (?, ?, ?)",
+                (name, room_type, now_ms()),
+            ).lastrowid
+            assert room_id is not None
+            conn.execute(
+                "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, NULL, 'room')",
+                (room_id,),
+            )
+            self._add(room_id, members)
+        return room_id
+
+    def _add(self, room_id: int, user_ids: Sequence[int]) -> None:
+        self._ensure_users(user_ids)
+        for user_id in dict.fromkeys(user_ids):
+            # A new member starts with everything before their arrival read.
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO participants(room_id, user_id, last_read_id, joined_ms) "
+                "VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE room_id = ?), ?)",
+                (room_id, user_id, room_id, now_ms()),
+            )
+            if cursor.rowcount:
+                self.conn.execute(
+                    "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, ?, 'add')",
+                    (room_id, user_id),
+                )
+
+    def room_exists(self, room_id: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone() is not None
+
+    def add_members(self, room_id: int, user_ids: Sequence[int]) -> None:
+        with immediate(self.conn):
+            if not self.room_exists(room_id):
+                raise NoSuchRoom(room_id)
+            self._add(room_id, user_ids)
+
+    def remove_members(self, room_id: int, user_ids: Sequence[int]) -> None:
+        with immediate(self.conn) as conn:
+            if not self.room_exists(room_id):
+                raise NoSuchRoom(room_id)
+            for user_id in dict.fromkeys(user_ids):
+                cursor = conn.execute(
+                    "DELETE FROM participants WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+                )
+                if cursor.rowcount:
+                    conn.execute(
+                        "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, ?, 'remove')",
+                        (room_id, user_id),
+                    )
+
+    def import_messages(self, rows: Iterable[tuple[int, int, str, int]], *, chunk: int = 50_000) -> None:
+        """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.
+
+        Only for a database no daemon is serving: the daemon assigns message ids itself.
+        """
+        with immediate(self.conn) as conn:
+            batch: list[tuple[int, int, str, int]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= chunk:
+                    conn.executemany(_IMPORT_SQL, batch)
+                    batch.clear()
+            conn.executemany(_IMPORT_SQL, batch)
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the whole database, taken while the daemon keeps writing.
+
+        ``VACUUM INTO`` reads one snapshot (WAL lets writers go on) and writes a compact,
+        self-contained file.  The target is created here first, empty and private (0600),
+        which VACUUM INTO accepts; an existing target raises FileExistsError.
+        """
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self.conn.execute("VACUUM INTO ?", (str(target),))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
+    def export_room(self, room_id: int, *, chunk: int = 1000) -> Iterator[Message]:
+        """Every message of the room, oldest first, fetched ``chunk`` rows at a time."""
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                MESSAGES_WITH_SENDER + "WHERE m.room_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+                (room_id, after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield message_from_row(row)
+            after = rows[-1][0]
+
+    def user_names(self, user_id: int) -> tuple[str, str]:
+        """(username, first_name) as last seen in a token, or the placeholder name."""
+        row = self.conn.execute("SELECT username, first_name FROM users WHERE id = ?", (user_id,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else (f"user{user_id}", "")
+
+    def first_message_id(self, room_id: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(id) FROM messages WHERE room_id = ?", (room_id,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def list_rooms(self) -> list[RoomSummary]:
+        summaries = []
+        for room_id, name, room_type in self.conn.execute(
+            "SELECT id, name, room_type FROM rooms ORDER BY id"
+        ).fetchall():
+            members = self.conn.execute(
+                "SELECT u.id, u.username FROM participants p JOIN users u ON u.id = p.user_id "
+                "WHERE p.room_id = ? ORDER BY u.id",
+                (room_id,),
+            ).fetchall()
+            count = self.conn.execute(
+                "SELECT COUNT(*) FROM messages WHERE room_id = ?", (room_id,)
+            ).fetchone()[0]
+            summaries.append(RoomSummary(room_id, name, room_type, members, count))
+        return summaries

@@ -1,0 +1,140 @@
+"""The group-commit writer: every write of the daemon, in one sequence, one thread.
+
+Whatever was submitted while the previous transaction ran goes into the next single
+``BEGIN IMMEDIATE … COMMIT``, and each submitter's future is resolved (in submission
+order) only after that commit.  So an acknowledged message is on disk, and the thread
+hop is paid per batch, not per message.  Message ids are assigned here, by the single
+writer, so they grow strictly across the whole server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from ..errors import StoreError
+from ..metrics import Histogram
+from .operations import MessageIds, Operation
+from .schema import immediate
+from .threads import ConnectionThread
+
+log = structlog.get_logger("unichatd.store")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Pending:
+    operation: Operation[Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: str
+
+
+class GroupCommitWriter:
+    """Runs submitted operations in group commits on its own connection thread."""
+
+    def __init__(self, connection: ConnectionThread, *, next_message_id: int, database: str,
+                 batch_sizes: Histogram, write_latency: Histogram) -> None:
+        self._connection = connection
+        self._ids = MessageIds(next_message_id)
+        self._database = database
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._failure: str | None = None
+        """The error the last write failed with, until a write succeeds (logged once)."""
+        self._batch_sizes = batch_sizes
+        self._write_latency = write_latency
+        self._task = asyncio.create_task(self._run(), name="unichatd-writer")
+
+    def submit(self, operation: Operation[T]) -> asyncio.Future[T]:
+        """Queue ``operation``; the future resolves after the commit that holds it."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        if self._closing:
+            future.set_exception(StoreError("store is closing"))
+            return future
+        self._queue.append(_Pending(operation, future))
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        """Finish every write already submitted; later submissions fail."""
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if self._closing and not self._queue:
+                return
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await self._connection.call(partial(self._write, batch=batch))
+            except Exception:  # noqa: BLE001  (whatever it was, the batch is retried op by op)
+                # The transaction was rolled back. Whatever made it fail must not fail the
+                # others: each operation is tried again in a transaction of its own.
+                results = [await self._write_alone(pending) for pending in batch]
+            else:
+                if self._failure is not None:
+                    log.warning("store.write_recovered", after=self._failure)
+                    self._failure = None
+            finally:
+                self._batch_sizes.observe(len(batch))
+                self._write_latency.observe(time.perf_counter() - started)
+            for pending, result in zip(batch, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, _Failed):
+                    pending.future.set_exception(StoreError(f"write failed: {result.error}"))
+                else:
+                    pending.future.set_result(result)
+            if self._closing:
+                self._wakeup.set()
+
+    async def _write_alone(self, pending: _Pending) -> Any:
+        try:
+            return (await self._connection.call(partial(self._write, batch=[pending])))[0]
+        except Exception as exc:  # noqa: BLE001  (answered to the submitter as a StoreError)
+            # A full disk or a read-only file fails every write alike: say so once, not per write.
+            if str(exc) != self._failure:
+                self._failure = str(exc)
+                log.error("store.write_failed", operation=type(pending.operation).__name__,
+                          error=str(exc), database=self._database)
+            return _Failed(str(exc))
+
+    def _write(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Any]:
+        """One transaction for the whole batch; runs on the writer's thread."""
+        results: list[Any] = []
+        ids = MessageIds(self._ids.next)
+        with immediate(conn):
+            start = 0
+            while start < len(batch):
+                operation = batch[start].operation
+                kind: Any = type(operation)  # (a batched kind has run_many)
+                if kind.batched:
+                    end = start + 1
+                    while end < len(batch) and type(batch[end].operation) is kind:
+                        end += 1
+                    results.extend(kind.run_many(conn, ids, [p.operation for p in batch[start:end]]))
+                    start = end
+                else:
+                    results.append(operation.run(conn, ids))
+                    start += 1
+        self._ids = ids  # only a committed batch uses up ids
+        return results
