@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--url", help="target a running server instead (needs --key and its rooms)")
     parser.add_argument("--key", help="the running server's signing key")
+    parser.add_argument("--config", help=argparse.SUPPRESS)  # (accepted as by every command; not used)
 
 
 def run(args: argparse.Namespace) -> int:

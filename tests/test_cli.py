@@ -583,6 +583,15 @@ USAGE_ERRORS = {
 }
 
 
+@pytest.mark.parametrize("before", [(), ("--config", "unused.toml")], ids=["plain", "config-first"])
+def test_bench_gets_its_command_line_as_typed(tmp_path: Path, before: tuple[str, ...]) -> None:
+    """Everything after `bench` reaches the benchmark's own parser in order, options before
+    the scenario included (and --config is accepted on either side)."""
+    completed = cli(*before, "bench", "--rooms", "3", "nosuch", "--config", "x.toml", cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert "invalid choice: 'nosuch'" in completed.stderr
+
+
 @pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
 def test_usage_error_exits_2(tmp_path: Path, case: str) -> None:
     """A malformed command line exits 2 with a message on stderr and nothing on stdout."""

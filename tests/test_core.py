@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
@@ -245,6 +246,18 @@ def test_catch_up_skips_late_broadcasts_of_messages_history_carried() -> None:
     assert catch_up.finished
 
 
+def test_catch_up_carries_an_earlier_skip_over() -> None:
+    """A second catch-up of the same room, started while the first still drops late broadcasts,
+    keeps dropping them even when its own history is empty."""
+    first = CatchUp()
+    first.release([_message(8), _message(9)], after_id=7)
+    second = CatchUp(first.skipping_through)
+    assert second.release([], after_id=9) == []
+    assert second.offer(b"m9", 9) is False
+    assert second.offer(b"m10", 10) is True
+    assert second.finished
+
+
 def test_catch_up_with_empty_history_passes_everything_after() -> None:
     """Nothing missed: the held frames are released as they are, and the catch-up ends."""
     catch_up = CatchUp()
@@ -425,7 +438,7 @@ async def test_refresh_moves_the_expiry(core: Core) -> None:
     [refreshed] = sink.take()
     assert refreshed["type"] == "token_refreshed", refreshed
     assert refreshed["request_id"] == "r", refreshed
-    assert refreshed["expires_at"].endswith("Z")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", refreshed["expires_at"])
     core.clock.advance(58)
     assert sink.closed is None
     core.clock.advance(3)

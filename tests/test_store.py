@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from unichatd.errors import StoreError
 from unichatd.models import NewMessage
 from unichatd.store import AdminStore, SqliteStore
 
@@ -77,3 +78,15 @@ async def test_mark_read_by_a_non_participant_does_not_fail_the_batch(tmp_path: 
     assert marker is None
     assert stored.created
     assert [m.id for m in page] == [stored.message.id]
+
+
+async def test_writes_after_close_fail_with_a_store_error(tmp_path: Path) -> None:
+    """A write submitted after close() gets a failed future (StoreError), never an exception
+    raised at the submitter."""
+    db, room = _room(tmp_path, [1])
+    store = SqliteStore(db)
+    await store.open()
+    await store.close()
+    future = store.append_message(_message(room, 1, "late"))
+    with pytest.raises(StoreError, match="closing"):
+        await asyncio.wait_for(future, 5)

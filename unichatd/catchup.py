@@ -24,9 +24,10 @@ from .models import Message
 class CatchUp:
     __slots__ = ("_held", "_through", "finished")
 
-    def __init__(self) -> None:
+    def __init__(self, skipping_through: int = 0) -> None:
         self._held: list[tuple[bytes, int | None]] | None = []
-        self._through = 0
+        self._through = skipping_through
+        """Live messages up to this id are dropped (a previous catch-up's history had them)."""
         self.finished = False
         """Nothing more to sort out: live frames pass as they are."""
 
@@ -47,8 +48,13 @@ class CatchUp:
         held, self._held = self._held or [], None
         seen = history[-1].id if history else after_id
         released = [frame for frame, message_id in held if message_id is None or message_id > seen]
-        if history and not any(message_id is not None and message_id >= seen for _, message_id in held):
-            self._through = seen  # (step 4) broadcasts up to `seen` may still come
-        else:
+        if history:
+            self._through = max(self._through, seen)  # (step 4) broadcasts up to `seen` may still come
+        if not self._through or any(message_id is not None and message_id >= self._through for _, message_id in held):
             self.finished = True
         return released
+
+    @property
+    def skipping_through(self) -> int:
+        """The id up to which late broadcasts are still dropped (0 once finished)."""
+        return 0 if self.finished else self._through

@@ -290,7 +290,8 @@ class Session:
             return
         # Join first, then read what was missed (see catchup).
         joined = chat.broker.subscribe(room_id, self)
-        catch_up = self._catch_ups[room_id] = CatchUp()
+        previous = self._catch_ups.get(room_id)
+        catch_up = self._catch_ups[room_id] = CatchUp(previous.skipping_through if previous else 0)
         try:
             messages, has_more = await chat.store.history(
                 room_id, before_id=None, after_id=after_id, limit=CATCH_UP_LIMIT

@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     room_commands.add_parser("list", parents=[config_option], help="list rooms")
 
     # The benchmark lives outside the runtime package: its options are its own.
-    bench = commands.add_parser("bench", add_help=False, help="run the load benchmark (unichatd bench --help)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    commands.add_parser("bench", add_help=False, help="run the load benchmark (unichatd bench --help)")
 
     send = commands.add_parser("send", parents=[config_option],
                                help="post a message to a room and print its id")
@@ -122,14 +121,14 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return _bench([*args.bench_args, *unknown])
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    bench_at = _bench_position(arguments)
+    # What follows `bench` is the benchmark's own command line, passed on as typed.
+    args = build_parser().parse_args(arguments if bench_at is None else arguments[:bench_at + 1])
     config_path: str | None = getattr(args, "config", None)
     try:
+        if bench_at is not None:
+            return _bench(arguments[bench_at + 1:])
         if args.command == "init":
             return local.init(config_path)
         config = load_config(config_path)
@@ -148,13 +147,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def _bench_position(arguments: list[str]) -> int | None:
+    """Where the command ``bench`` stands (after an optional ``--config``), or None."""
+    index = 0
+    while index < len(arguments) and arguments[index].startswith("--config"):
+        index += 1 if "=" in arguments[index] else 2
+    if index < len(arguments) and arguments[index] == "bench":
+        return index
+    return None
+
+
 def _bench(argv: list[str]) -> int:
     try:
         # (installed from bench/ by a package-dir mapping mypy cannot follow)
         from unichatd_bench.cli import main as bench_main  # type: ignore[import-not-found]
     except ImportError:
-        print("unichatd: bench needs the load harness (bench/ of the source tree, installed with "
-              "pip install -e .)", file=sys.stderr)
+        print("unichatd: the load harness (unichatd_bench, from bench/ of the source tree) is not installed",
+              file=sys.stderr)
         return EXIT_FAILURE
     status: int = bench_main(argv)
     return status

@@ -29,6 +29,8 @@ class MessageIds:
 class Operation(Protocol[T_co]):
     batched: ClassVar[bool]
     """True when consecutive operations of this type run together (see ``run_many``)."""
+    kind: ClassVar[str]
+    """What the log calls it."""
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> T_co: ...
 
@@ -39,6 +41,7 @@ class AppendMessage:
 
     message: NewMessage
     batched: ClassVar[bool] = True
+    kind: ClassVar[str] = "message"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Stored:
         return self.run_many(conn, ids, [self])[0]
@@ -101,6 +104,7 @@ class MarkRead:
     user_id: int
     message_ids: tuple[int, ...]
     batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "read"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> ReadResult | None:
         room_id, user_id = self.room_id, self.user_id
@@ -135,6 +139,7 @@ class UpsertUser:
     names: tuple[str, str]
     """(username, first_name)"""
     batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "user"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
         conn.execute(
@@ -156,6 +161,7 @@ class LoadRooms:
 
     room_ids: tuple[int, ...] | None
     batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "load"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Snapshot:
         return load_rooms(conn, self.room_ids)
@@ -169,6 +175,7 @@ class Prune:
     before_ms: int
     limit: int
     batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "prune"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
         deleted = [row[0] for row in conn.execute(
@@ -187,6 +194,7 @@ class Barrier:
     """Writes nothing: resolves once every write submitted before it has committed."""
 
     batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "barrier"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
         return None

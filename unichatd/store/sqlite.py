@@ -14,6 +14,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -21,12 +22,14 @@ from ..errors import StoreError
 from ..metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from ..models import MembershipChange, Message, NewMessage, ReadResult, Snapshot, Stored
 from . import queries
-from .operations import AppendMessage, Barrier, LoadRooms, MarkRead, Prune, UpsertUser
+from .operations import AppendMessage, Barrier, LoadRooms, MarkRead, Operation, Prune, UpsertUser
 from .schema import configure, create_private, migrate
 from .threads import ConnectionThread
 from .writer import GroupCommitWriter
 
 log = structlog.get_logger("unichatd.store")
+
+T = TypeVar("T")
 
 CHECKPOINT_INTERVAL = 0.1
 """Seconds between background WAL checkpoints."""
@@ -116,23 +119,25 @@ class SqliteStore:
             await thread.close()
         self._writer = None
 
-    def _active_writer(self) -> GroupCommitWriter:
-        if self._writer is None:
-            raise StoreError("store is not open")
-        return self._writer
+    def _submit(self, operation: Operation[T]) -> asyncio.Future[T]:
+        if self._writer is None:  # (closed, or never opened): the submitter gets the error
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            future.set_exception(StoreError("store is closing"))
+            return future
+        return self._writer.submit(operation)
 
     # -- writes (each resolved after the commit that holds it) -------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[Stored]:
         """Store a message; resolves to it (or to the original, for a repeated client_msg_id)."""
-        return self._active_writer().submit(AppendMessage(message))
+        return self._submit(AppendMessage(message))
 
     def mark_read(self, room_id: int, user_id: int, message_ids: Sequence[int]) -> asyncio.Future[ReadResult | None]:
         """Move the user's read marker; resolves to None when they are not a participant."""
-        return self._active_writer().submit(MarkRead(room_id, user_id, tuple(message_ids)))
+        return self._submit(MarkRead(room_id, user_id, tuple(message_ids)))
 
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
-        return self._active_writer().submit(UpsertUser(user_id, (username, first_name)))
+        return self._submit(UpsertUser(user_id, (username, first_name)))
 
     def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]:
         """Delete up to ``limit`` of the room's oldest messages created before ``before_ms``.
@@ -140,16 +145,16 @@ class SqliteStore:
         Resolves to how many were deleted; a small ``limit`` keeps each transaction short,
         so live writes queued meanwhile wait at most one such batch.
         """
-        return self._active_writer().submit(Prune(room_id, before_ms, limit))
+        return self._submit(Prune(room_id, before_ms, limit))
 
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]:
         """Rooms with participants, markers, unread counts and last messages (all if None),
         in the writer's sequence: exact as of the commits resolved before it."""
-        return self._active_writer().submit(LoadRooms(None if room_ids is None else tuple(room_ids)))
+        return self._submit(LoadRooms(None if room_ids is None else tuple(room_ids)))
 
     def flush(self) -> asyncio.Future[None]:
         """Resolves once every write submitted before it has committed and been answered."""
-        return self._active_writer().submit(Barrier())
+        return self._submit(Barrier())
 
     # -- reads -----------------------------------------------------------------------
 

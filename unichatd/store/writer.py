@@ -114,7 +114,7 @@ class GroupCommitWriter:
             # A full disk or a read-only file fails every write alike: say so once, not per write.
             if str(exc) != self._failure:
                 self._failure = str(exc)
-                log.error("store.write_failed", operation=type(pending.operation).__name__,
+                log.error("store.write_failed", kind=pending.operation.kind,
                           error=str(exc), database=self._database)
             return _Failed(str(exc))
 
