@@ -294,8 +294,6 @@ async def stalled_client(running: RunningServer, user_id: int, room: int) -> Cli
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -320,6 +318,21 @@ def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
     return path
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, within: float = 15) -> None:
+    """Until ``proc`` listens on ``port``; fails (with its stderr when piped) if it exits first."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode() if proc.stderr is not None else ""
+            raise AssertionError(f"server exited with {proc.returncode}: {stderr}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"server did not listen on {port} within {within} s")
+
+
 class DaemonProcess:
     """``python -m unichatd serve`` in a subprocess, waited on until it listens."""
 
@@ -334,18 +347,7 @@ class DaemonProcess:
             cwd=self.config_path.parent, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 15
-        import socket
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start listening within 15 s")
+        wait_listening(self.proc, self.port)
 
     @property
     def url(self) -> str:

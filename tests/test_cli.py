@@ -24,7 +24,7 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, run_cli, write_config
+from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, run_cli, wait_listening, write_config
 from unichatd.store import AdminStore
 
 TIMEOUT = 20.0
@@ -88,19 +88,6 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"server did not listen on {port} within {within} s")
-
-
 def hello(url: str, token: str) -> dict[str, Any]:
     """Connect with ``token`` and return the first frame."""
     with ws_connect(f"{url}?token={token}", open_timeout=5, close_timeout=5) as ws:
@@ -135,14 +122,18 @@ def run_stop(config: Path, cwd: Path, daemon: subprocess.Popen[bytes]) -> tuple[
     return stopper.returncode, out, err
 
 
-class EmbeddedServe:
-    """``unichatd serve --port P`` in an empty directory, with no config anywhere."""
+class ServeProcess:
+    """``unichatd serve ARGS`` in ``cwd`` with no config from the environment, listening on
+    ``port`` (by default a free port, passed as ``--port``)."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, *args: str, port: int | None = None) -> None:
+        if port is None:
+            port = free_port()
+            args = ("--port", str(port), *args)
         self.cwd = cwd
-        self.port = free_port()
+        self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unichatd", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "unichatd", "serve", *args],
             cwd=cwd, env=scrubbed_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
@@ -171,10 +162,10 @@ class EmbeddedServe:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedServe]:
+def embedded(tmp_path: Path) -> Iterator[ServeProcess]:
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    server = EmbeddedServe(cwd)
+    server = ServeProcess(cwd)
     try:
         wait_listening(server.proc, server.port)
         yield server
@@ -633,7 +624,7 @@ def test_check_config_rejects_bad_config(tmp_path: Path) -> None:
 # -- serve on embedded defaults -----------------------------------------------------------
 
 
-def test_serve_defaults_generates_private_key(embedded: EmbeddedServe) -> None:
+def test_serve_defaults_generates_private_key(embedded: ServeProcess) -> None:
     """`serve` with no config writes ./unichatd.key: mode 0600, at least 32 bytes."""
     key_file = embedded.cwd / "unichatd.key"
     assert key_file.is_file()
@@ -641,7 +632,7 @@ def test_serve_defaults_generates_private_key(embedded: EmbeddedServe) -> None:
     assert len(key_file.read_text().strip().encode()) >= 32
 
 
-def test_serve_defaults_listens_with_generated_key(embedded: EmbeddedServe) -> None:
+def test_serve_defaults_listens_with_generated_key(embedded: ServeProcess) -> None:
     """The server on embedded defaults accepts a token signed with the generated key."""
     key = (embedded.cwd / "unichatd.key").read_text().strip()
     token = jwt.encode({"sub": "5", "name": "dan", "exp": int(time.time()) + 600}, key, "HS256")
@@ -650,19 +641,19 @@ def test_serve_defaults_listens_with_generated_key(embedded: EmbeddedServe) -> N
     assert frame["user_id"] == 5
 
 
-def test_serve_defaults_database_in_cwd(embedded: EmbeddedServe) -> None:
+def test_serve_defaults_database_in_cwd(embedded: ServeProcess) -> None:
     """The server on embedded defaults keeps its database at ./unichatd.db."""
     assert (embedded.cwd / "unichatd.db").is_file()
 
 
-def test_serve_defaults_warns_with_key_location(embedded: EmbeddedServe) -> None:
+def test_serve_defaults_warns_with_key_location(embedded: ServeProcess) -> None:
     """The server on embedded defaults logs a warning that names the key file."""
     _, stderr = embedded.terminate()
     assert "unichatd.key" in stderr
     assert "warn" in stderr.lower()
 
 
-def test_serve_exits_0_on_sigterm(embedded: EmbeddedServe) -> None:
+def test_serve_exits_0_on_sigterm(embedded: ServeProcess) -> None:
     """`serve` exits 0 on SIGTERM and prints nothing on stdout."""
     embedded.proc.send_signal(signal.SIGTERM)
     out, _ = embedded.proc.communicate(timeout=15)
@@ -674,7 +665,7 @@ def test_serve_reuses_existing_key_file(tmp_path: Path) -> None:
     """`serve` with no config reads an existing ./unichatd.key instead of replacing it."""
     key = "0123456789abcdef" * 4
     (tmp_path / "unichatd.key").write_text(key + "\n")
-    server = EmbeddedServe(tmp_path)
+    server = ServeProcess(tmp_path)
     try:
         wait_listening(server.proc, server.port)
         assert (tmp_path / "unichatd.key").read_text() == key + "\n"

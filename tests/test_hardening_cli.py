@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, write_config
-from tests.test_cli import EmbeddedServe, run_stop, scrubbed_env, send, wait_listening
+from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, wait_listening
+from tests.test_cli import ServeProcess, run_stop, scrubbed_env, send
 from unichatd import protocol
 from unichatd.auth import mint_token
 from unichatd.store import AdminStore
@@ -45,38 +45,23 @@ def plain_config(tmp_path: Path, port: int, extra: str = "") -> Path:
     return path
 
 
-class Serve:
-    """``unichatd serve`` with the given arguments, in ``cwd``."""
-
-    def __init__(self, cwd: Path, port: int, *args: str) -> None:
-        self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", "unichatd", "serve", *args], cwd=cwd,
-                                     env=scrubbed_env(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_listening(self.proc, port)
-
-    def finish(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode, err.decode()
+def serve(cwd: Path, port: int, *args: str) -> ServeProcess:
+    """``unichatd serve ARGS`` in ``cwd``, once it listens on ``port``."""
+    server = ServeProcess(cwd, *args, port=port)
+    wait_listening(server.proc, port)
+    return server
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Serve, Path]]:
+def served(tmp_path: Path) -> Iterator[tuple[ServeProcess, Path]]:
     """A server started with `--port` different from its config's port, and its config."""
     config = plain_config(tmp_path, free_port())
     port = free_port()
-    server = Serve(tmp_path, port, "--config", str(config), "--port", str(port))
+    server = serve(tmp_path, port, "--config", str(config), "--port", str(port))
     try:
         yield server, config
     finally:
-        server.finish()
+        server.terminate()
 
 
 # -- 9. every committed send is acked before the 1001 close ---------------------------------
@@ -99,6 +84,8 @@ def test_09_sigterm_acks_every_committed_send(tmp_path: Path, daemon_factory: An
             ws.send(json.dumps({"type": "send_message", "room_id": room, "content": f"m{index}",
                                 "client_msg_id": f"c{index}"}))
         first = json.loads(ws.recv(timeout=5))
+        while first["type"] == "room_updated":  # (the new member's room list, any time: not a reply)
+            first = json.loads(ws.recv(timeout=5))
         assert first["type"] == "message_ack", first
         acked.add(first["client_msg_id"])
         assert daemon.proc is not None
@@ -138,7 +125,7 @@ def test_15_stop_works_after_the_quick_start(tmp_path: Path) -> None:
     """`unichatd stop` stops the server of the README's quick start (no config, no pid file)."""
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    server = EmbeddedServe(cwd)
+    server = ServeProcess(cwd)
     try:
         wait_listening(server.proc, server.port)
         stopper = subprocess.Popen([sys.executable, "-m", "unichatd", "stop"], cwd=cwd, env=scrubbed_env(),
@@ -158,24 +145,19 @@ def test_15_stop_works_after_the_quick_start(tmp_path: Path) -> None:
     assert "no server is running" in again.stderr
 
 
-def test_15_stop_with_pid_file_still_works(tmp_path: Path) -> None:
+def test_15_stop_with_pid_file_still_works(tmp_path: Path, daemon_factory: Any) -> None:
     """With server.pid_file set, `stop` uses it, as before."""
-    port = free_port()
-    config = write_config(tmp_path, port)
-    daemon = DaemonProcess(config, port)
-    daemon.start()
-    try:
-        assert daemon.proc is not None
-        code, _, err = run_stop(config, tmp_path, daemon.proc)
-        assert code == 0, err
-    finally:
-        daemon.stop()
+    daemon: DaemonProcess = daemon_factory()
+    config = daemon.config_path
+    assert daemon.proc is not None
+    code, _, err = run_stop(config, tmp_path, daemon.proc)
+    assert code == 0, err
 
 
 # -- 16. the running server's port, whatever the command line said -------------------------------
 
 
-def test_16_status_and_send_find_a_server_started_with_port(served: tuple[Serve, Path], tmp_path: Path) -> None:
+def test_16_status_and_send_find_a_server_started_with_port(served: tuple[ServeProcess, Path], tmp_path: Path) -> None:
     """After `serve --port P`, `status` and `send` reach P without being told."""
     server, config = served
     status = cli("status", "--config", str(config), cwd=tmp_path)
@@ -187,7 +169,7 @@ def test_16_status_and_send_find_a_server_started_with_port(served: tuple[Serve,
     assert sent.stdout.strip().isdigit()
 
 
-def test_16_status_takes_host_and_port(served: tuple[Serve, Path], tmp_path: Path) -> None:
+def test_16_status_takes_host_and_port(served: tuple[ServeProcess, Path], tmp_path: Path) -> None:
     """`status --port` asks that port; a port where nothing listens fails with exit 1."""
     server, config = served
     ok = cli("status", "--host", "127.0.0.1", "--port", str(server.port), "--config", str(config), cwd=tmp_path)
@@ -197,12 +179,12 @@ def test_16_status_takes_host_and_port(served: tuple[Serve, Path], tmp_path: Pat
     assert "no server answers" in nobody.stderr
 
 
-def test_16_sighup_keeps_command_line_port(served: tuple[Serve, Path]) -> None:
+def test_16_sighup_keeps_command_line_port(served: tuple[ServeProcess, Path]) -> None:
     """SIGHUP after `serve --port` does not claim the port needs a restart."""
     server, _ = served
     server.proc.send_signal(signal.SIGHUP)
     time.sleep(0.5)
-    code, err = server.finish()
+    code, err = server.terminate()
     assert code == 0
     assert "config.reloaded" in err
     assert "reload_needs_restart" not in err
@@ -219,7 +201,7 @@ def test_17_readme_bot_example_works_as_written(tmp_path: Path) -> None:
     assert commands[:2] == ["unichatd room create general --member 1 --member 2", "unichatd room add 1 42"]
     port = free_port()
     config = plain_config(tmp_path, port)
-    server = Serve(tmp_path, port, "--config", str(config))
+    server = serve(tmp_path, port, "--config", str(config))
     try:
         for command in commands[:3]:
             argv = command.split()[1:]
@@ -229,7 +211,7 @@ def test_17_readme_bot_example_works_as_written(tmp_path: Path) -> None:
             assert result.returncode == 0, (command, result.stderr)
         assert result.stdout.strip().isdigit()
     finally:
-        server.finish()
+        server.terminate()
 
 
 # -- 18. backups from cron ------------------------------------------------------------------------
@@ -316,7 +298,7 @@ def test_20_native_tls_serves_wss_and_https(tmp_path: Path, certificate: tuple[P
     cert, key, client = certificate
     port = free_port()
     config = plain_config(tmp_path, port, f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
-    server = Serve(tmp_path, port, "--config", str(config))
+    server = serve(tmp_path, port, "--config", str(config))
     try:
         token = mint_token(SIGNING_KEY, 5, "tess")
         with ws_connect(f"wss://127.0.0.1:{port}/ws/chat/?token={token}", ssl=client, open_timeout=5) as ws:
@@ -332,7 +314,7 @@ def test_20_native_tls_serves_wss_and_https(tmp_path: Path, certificate: tuple[P
         sent = cli("send", room, "--as", "5", "over tls", "--config", str(config), cwd=tmp_path)
         assert sent.returncode == 0, sent.stderr
     finally:
-        server.finish()
+        server.terminate()
 
 
 @pytest.mark.parametrize(("lines", "key"), [
@@ -354,7 +336,7 @@ def test_20_bad_tls_settings_exit_2(tmp_path: Path, certificate: tuple[Path, Pat
 # -- 21. small things ------------------------------------------------------------------------------
 
 
-def test_21_second_serve_on_the_same_database_is_refused(served: tuple[Serve, Path], tmp_path: Path) -> None:
+def test_21_second_serve_on_the_same_database_is_refused(served: tuple[ServeProcess, Path], tmp_path: Path) -> None:
     """A second `serve` on the same SQLite database exits 1 naming the lock and the first server."""
     server, config = served
     result = cli("serve", "--config", str(config), "--port", str(free_port()), cwd=tmp_path)

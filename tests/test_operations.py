@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -138,49 +139,39 @@ def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
 
 
 @pytest.mark.process
-def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path) -> None:
+def test_sighup_reloads_origins_and_signing_keys(tmp_path: Path, daemon_factory: Any) -> None:
     """SIGHUP applies new allowed_origins and a rotated signing key without a restart."""
-    port = free_port()
-    config = write_config(tmp_path, port)
-    daemon = DaemonProcess(config, port)
-    daemon.start()
-    try:
-        old_token = mint_token(SIGNING_KEY, 1, "alice")
-        rotated = KeyRing(("k2", OTHER_KEY), {"k2": OTHER_KEY})
-        new_token = mint_token(rotated, 1, "alice")
-        assert _connect_status(daemon.url, new_token) == 4001
-        # (the default admits the server's own origin only)
-        assert _connect_status(daemon.url, old_token, origin="https://chat.example") == http.HTTPStatus.FORBIDDEN
-        _reload_config(config, 'allowed_origins = ["https://chat.example"]',
-                       f'[[auth.signing_keys]]\nid = "k2"\nkey = "{OTHER_KEY}"')
-        assert daemon.proc is not None
-        daemon.proc.send_signal(signal.SIGHUP)
-        assert _wait_for(lambda: _connect_status(daemon.url, new_token) == "open")
-        assert _connect_status(daemon.url, old_token) == "open"  # the legacy key still verifies
-        refused = _connect_status(daemon.url, old_token, origin="https://evil.example")
-        assert refused == http.HTTPStatus.FORBIDDEN
-        assert _connect_status(daemon.url, old_token, origin="https://chat.example") == "open"
-        assert daemon.proc.poll() is None
-    finally:
-        daemon.stop()
+    daemon: DaemonProcess = daemon_factory()
+    config = daemon.config_path
+    old_token = mint_token(SIGNING_KEY, 1, "alice")
+    rotated = KeyRing(("k2", OTHER_KEY), {"k2": OTHER_KEY})
+    new_token = mint_token(rotated, 1, "alice")
+    assert _connect_status(daemon.url, new_token) == 4001
+    # (the default admits the server's own origin only)
+    assert _connect_status(daemon.url, old_token, origin="https://chat.example") == http.HTTPStatus.FORBIDDEN
+    _reload_config(config, 'allowed_origins = ["https://chat.example"]',
+                   f'[[auth.signing_keys]]\nid = "k2"\nkey = "{OTHER_KEY}"')
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert _wait_for(lambda: _connect_status(daemon.url, new_token) == "open")
+    assert _connect_status(daemon.url, old_token) == "open"  # the legacy key still verifies
+    refused = _connect_status(daemon.url, old_token, origin="https://evil.example")
+    assert refused == http.HTTPStatus.FORBIDDEN
+    assert _connect_status(daemon.url, old_token, origin="https://chat.example") == "open"
+    assert daemon.proc.poll() is None
 
 
 @pytest.mark.process
-def test_sighup_with_a_broken_config_keeps_serving(tmp_path: Path) -> None:
+def test_sighup_with_a_broken_config_keeps_serving(tmp_path: Path, daemon_factory: Any) -> None:
     """A config that fails validation on reload is logged and ignored; the server keeps running."""
-    port = free_port()
-    config = write_config(tmp_path, port)
-    daemon = DaemonProcess(config, port)
-    daemon.start()
-    try:
-        config.write_text(config.read_text() + "\n[bogus]\nx = 1\n")
-        assert daemon.proc is not None
-        daemon.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert daemon.proc.poll() is None
-        assert _connect_status(daemon.url, mint_token(SIGNING_KEY, 1, "alice")) == "open"
-    finally:
-        daemon.stop()
+    daemon: DaemonProcess = daemon_factory()
+    config = daemon.config_path
+    config.write_text(config.read_text() + "\n[bogus]\nx = 1\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert daemon.proc.poll() is None
+    assert _connect_status(daemon.url, mint_token(SIGNING_KEY, 1, "alice")) == "open"
 
 
 @pytest.mark.asyncio
