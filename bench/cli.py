@@ -13,30 +13,39 @@ import orjson
 from .fanout import scenario_ceiling, scenario_fanout
 from .history import scenario_history
 from .idle import scenario_idle
+from .mixed import DEFAULT_DURATION, scenario_mixed
 
 # ---------------------------------------------------------------------------
 # Command line
 
 
 QUICK = {"rooms": 5, "members": 3, "duration": 2.0, "warmup": 0.5, "conns": 200, "idle_rooms": 10,
-         "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10}
+         "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10,
+         "ping_interval": 1.0}
+
+
+MIXED_CONNS = 15_000
+"""Idle connections in ``mixed`` when ``--conns`` is not given."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "history", "ceiling"])
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "ceiling"])
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds (for CI)")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--senders", type=int, default=1)
     parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help=f"seconds measured (mixed: {DEFAULT_DURATION:g} unless given)")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="rate: messages/s in all")
-    parser.add_argument("--conns", type=int, default=18_000, help="idle: connections")
+    parser.add_argument("--conns", type=int, default=18_000, help="idle: connections (mixed: 15000 unless given)")
     parser.add_argument("--subs", type=int, default=5, help="idle: rooms per connection")
     parser.add_argument("--idle-rooms", type=int, default=100)
     parser.add_argument("--relay", action="store_true", help="idle: measure the bare relay instead")
+    parser.add_argument("--ping-interval", type=float, default=None,
+                        help="mixed: the server's ping_interval in the heartbeat-on run (default: its default)")
     parser.add_argument("--messages", type=int, default=1_000_000, help="history: big room size")
     parser.add_argument("--list-rooms", type=int, default=200)
     parser.add_argument("--catchup", type=int, default=10_000)
@@ -51,11 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    defaults = {action.dest: action.default for action in _parser()._actions}
     if args.quick:
-        defaults = {action.dest: action.default for action in _parser()._actions}
         for name, value in QUICK.items():
             if getattr(args, name) == defaults.get(name):
                 setattr(args, name, value)
+    elif args.scenario == "mixed":
+        if args.duration == defaults["duration"]:
+            args.duration = DEFAULT_DURATION
+        if args.conns == defaults["conns"]:
+            args.conns = MIXED_CONNS
     if (os.cpu_count() or 1) < 2:
         args.server_cpu = args.client_cpu = None
     scenario = args.scenario
@@ -65,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         result = scenario_fanout(args, rate=args.rate)
     elif scenario == "idle":
         result = scenario_idle(args)
+    elif scenario == "mixed":
+        result = scenario_mixed(args)
     elif scenario == "history":
         result = scenario_history(args)
     else:
@@ -83,10 +99,12 @@ def _parser() -> argparse.ArgumentParser:
 def _print_table(result: dict[str, Any], indent: str = "") -> None:
     width = shutil.get_terminal_size((100, 20)).columns
     for key, value in result.items():
-        if isinstance(value, dict) and key in ("unichatd", "relay"):
+        if isinstance(value, dict) and key in ("unichatd", "relay", "delivery_ms"):
             print(f"{indent}{key}:", file=sys.stderr)
             _print_table(value, indent + "  ")
             continue
+        if key == "runs":
+            continue  # (in full in the JSON line)
         text = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
         print(f"{indent}{key:<22} {text}"[:width], file=sys.stderr)
     cpu = result.get("client_cpu_pct")

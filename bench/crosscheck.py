@@ -6,6 +6,7 @@ Builds nothing itself: compile wsload first (see its README), then e.g.
     python bench/crosscheck.py --wsload /tmp/wsload fanout --rooms 100 --members 10 --window 1
     python bench/crosscheck.py --wsload /tmp/wsload fanout --target relay
     python bench/crosscheck.py --wsload /tmp/wsload idle --conns 18000 --subs 5
+    python bench/crosscheck.py --wsload /tmp/wsload mixed --conns 15000 --rate 1000 --duration 45
 
 It lays out the rooms wsload expects on a fresh database, starts the server pinned to
 core 0, runs wsload pinned to core 1, and prints wsload's JSON line with the target added.
@@ -19,49 +20,79 @@ import sys
 import tempfile
 from pathlib import Path
 
-from unichatd_bench.harness import BENCH_KEY, IDLE_USER_BASE, BenchServer, create_fanout_rooms
+from unichatd_bench.harness import BENCH_KEY, BenchServer, create_fanout_rooms, create_idle_rooms
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wsload", required=True, help="path to the compiled wsload binary")
-    parser.add_argument("scenario", choices=["fanout", "rate", "idle"])
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed"])
     parser.add_argument("--target", choices=["unichatd", "relay"], default="unichatd")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--conns", type=int, default=5000)
     parser.add_argument("--subs", type=int, default=5)
     parser.add_argument("--idle-rooms", type=int, default=100)
+    parser.add_argument("--ping-interval", type=float, default=None,
+                        help="the server's ping_interval (mixed: in the heartbeat-on run)")
     args, passthrough = parser.parse_known_args()
+    if args.scenario != "mixed":
+        return _one_run(args, passthrough, idle=args.conns if args.scenario == "idle" else 0,
+                        ping_interval=args.ping_interval, label=args.target)
+    status = 0
+    for label, idle, ping_interval in (("no idle", 0, args.ping_interval), ("idle, heartbeat off", args.conns, 0),
+                                       ("idle, heartbeat on", args.conns, args.ping_interval)):
+        status |= _one_run(args, passthrough, idle=idle, ping_interval=ping_interval, label=label)
+    return status
+
+
+def _one_run(args: argparse.Namespace, passthrough: list[str], *, idle: int, ping_interval: float | None,
+             label: str) -> int:
     with tempfile.TemporaryDirectory(prefix="unichatd-crosscheck-") as tmp:
-        server = BenchServer(Path(tmp), relay=args.target == "relay", cpu=0)
+        server = BenchServer(Path(tmp), relay=args.target == "relay", cpu=0, ping_interval=ping_interval)
         if args.target == "unichatd":
             admin = server.admin()
             create_fanout_rooms(admin, args.rooms, args.members)
-            if args.scenario == "idle":
-                members: dict[int, list[int]] = {r: [] for r in range(args.idle_rooms)}
-                step = args.idle_rooms // args.subs
-                for i in range(args.conns):
-                    for k in range(args.subs):
-                        members[(i + k * step) % args.idle_rooms].append(IDLE_USER_BASE + 1 + i)
-                for r in range(args.idle_rooms):
-                    admin.create_room(f"idle-{r + 1}", "group", members[r])
+            create_idle_rooms(admin, idle, args.subs, args.idle_rooms)
             admin.close()
         server.start()
+        holder: subprocess.Popen[str] | None = None
         try:
-            command = ["taskset", "-c", "1", args.wsload, args.scenario, "--url", server.url, "--key", BENCH_KEY,
-                       "--server-pid", str(server.pid), "--rooms", str(args.rooms), "--members", str(args.members),
-                       "--label", args.target]
-            if args.scenario == "idle":
-                command += ["--conns", str(args.conns), "--subs", str(args.subs),
+            base = ["taskset", "-c", "1", args.wsload]
+            target = ["--url", server.url, "--key", BENCH_KEY, "--server-pid", str(server.pid),
+                      "--rooms", str(args.rooms), "--members", str(args.members), "--label", label]
+            idle_options = ["--conns", str(idle), "--subs", str(args.subs),
                             "--idle-rooms", str(args.idle_rooms), "--room-base", str(args.rooms)]
+            if args.scenario == "idle":
+                command = base + ["idle"] + target + idle_options
+            else:
+                command = base + [args.scenario if args.scenario != "mixed" else "rate"] + target
+                if idle:
+                    # The idle connections stay attached (wsload answers pings) while the rate run goes on.
+                    holder = subprocess.Popen(base + ["idle"] + target + idle_options + ["--settle", "100000"],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                              preexec_fn=raise_fd_limit)
+                    _wait_attached(holder)
             completed = subprocess.run(command + passthrough, capture_output=True, text=True,
                                        preexec_fn=raise_fd_limit, timeout=900)
         finally:
+            if holder is not None:
+                holder.terminate()
+                holder.wait(10)
             server.stop()
     sys.stderr.write(completed.stderr)
     print(completed.stdout.strip())
     return completed.returncode
+
+
+def _wait_attached(holder: subprocess.Popen[str]) -> None:
+    """Until wsload reports its idle connections connected and subscribed."""
+    assert holder.stderr is not None
+    for line in holder.stderr:
+        sys.stderr.write(line)
+        if " subscriptions in " in line:
+            return
+    raise SystemExit("crosscheck: the idle wsload ended before its connections attached")
 
 
 def raise_fd_limit() -> None:

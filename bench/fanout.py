@@ -166,22 +166,27 @@ def scenario_fanout(args: argparse.Namespace, *, relay: bool = False, rate: floa
             admin.close()
         server.start()
         try:
-            rooms = list(range(1, args.rooms + 1))
-            per_sender = rate / (args.rooms * args.senders) if rate else 0.0
-            jobs = [
-                FanoutJob(server.url, args.key or BENCH_KEY, part, args.members, args.senders, args.window,
-                          args.size, args.duration, args.warmup, per_sender, args.client_cpu)
-                for part in split(rooms, args.procs)
-            ]
-            cpu_before = process_cpu(server.pid) if server.pid else 0.0
-            report = run_clients(_fanout_client, jobs, timeout=args.duration + args.warmup + 120)
-            server_cpu = (process_cpu(server.pid) - cpu_before) if server.pid else math.nan
+            result = drive_fanout(server, args, rate=rate)
         finally:
             server.stop()
+    return {"scenario": result.pop("scenario"), "target": "relay" if relay else "unichatd", **result}
+
+
+def drive_fanout(server: BenchServer, args: argparse.Namespace, *, rate: float = 0.0) -> dict[str, Any]:
+    """Run the fan-out clients (closed loop, or open loop at ``rate``) against ``server``."""
+    rooms = list(range(1, args.rooms + 1))
+    per_sender = rate / (args.rooms * args.senders) if rate else 0.0
+    jobs = [
+        FanoutJob(server.url, args.key or BENCH_KEY, part, args.members, args.senders, args.window,
+                  args.size, args.duration, args.warmup, per_sender, args.client_cpu)
+        for part in split(rooms, args.procs)
+    ]
+    cpu_before = process_cpu(server.pid) if server.pid else 0.0
+    report = run_clients(_fanout_client, jobs, timeout=args.duration + args.warmup + 120)
+    server_cpu = (process_cpu(server.pid) - cpu_before) if server.pid else math.nan
     measured = args.duration
     result: dict[str, Any] = {
         "scenario": "rate" if rate else "fanout",
-        "target": "relay" if relay else "unichatd",
         "rooms": args.rooms, "members": args.members, "senders": args.senders,
         "window": args.window, "size": args.size, "duration_s": args.duration,
         "acked_per_s": round(report.acked / measured, 1),

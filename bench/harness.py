@@ -109,10 +109,13 @@ def raise_fd_limit() -> int:
 class BenchServer:
     """unichatd (or the bare relay) in a subprocess on a fresh database."""
 
-    def __init__(self, workdir: Path, *, relay: bool, cpu: int | None, url: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, relay: bool, cpu: int | None, url: str | None = None,
+                 ping_interval: float | None = None) -> None:
         self.workdir = workdir
         self.relay = relay
         self.cpu = cpu
+        self.ping_interval = ping_interval
+        """``server.ping_interval`` for unichatd; None keeps the default."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = _free_port()
         self.external_url = url
@@ -139,8 +142,10 @@ class BenchServer:
             command = [sys.executable, str(RELAY_PATH), "--port", str(self.port)]
         else:
             config = self.workdir / "bench.toml"
+            heartbeat = "" if self.ping_interval is None else f"ping_interval = {self.ping_interval}\n"
             config.write_text(
                 f'[server]\nport = {self.port}\nmax_connections = 100000\nmax_connections_per_user = 100\n'
+                f'{heartbeat}'
                 f'[auth]\nsigning_key = "{BENCH_KEY}"\n[storage]\ndatabase = "{self.db_path}"\n'
                 "[limits]\nmessages_per_second = 1000000\nmessage_burst = 1000000\n"
                 "frames_per_second = 1000000\nframe_burst = 1000000\n[log]\nlevel = \"warning\"\n"
@@ -185,6 +190,22 @@ def create_fanout_rooms(admin: AdminStore, rooms: int, members: int) -> None:
     for room in range(1, rooms + 1):
         first = (room - 1) * members + 1
         admin.create_room(f"bench-{room}", "group", list(range(first, first + members)))
+
+
+def idle_rooms_of(index: int, subs: int, idle_rooms: int) -> list[int]:
+    """The idle rooms (counted from 0) idle connection ``index`` is in, as wsload lays them out."""
+    step = max(1, idle_rooms // subs)
+    return [(index + k * step) % idle_rooms for k in range(subs)]
+
+
+def create_idle_rooms(admin: AdminStore, conns: int, subs: int, idle_rooms: int) -> None:
+    """The idle rooms, after the fan-out rooms: idle connection i is user 1000001+i."""
+    members: dict[int, list[int]] = {r: [] for r in range(idle_rooms)}
+    for index in range(conns):
+        for room in idle_rooms_of(index, subs, idle_rooms):
+            members[room].append(IDLE_USER_BASE + 1 + index)
+    for room in range(idle_rooms):
+        admin.create_room(f"idle-{room + 1}", "group", members[room])
 
 
 class StartGate:

@@ -22,7 +22,9 @@ from .harness import (
     ClientReport,
     Job,
     StartGate,
+    create_idle_rooms,
     healthz,
+    idle_rooms_of,
     process_rss_kb,
     raise_fd_limit,
     run_clients,
@@ -52,13 +54,12 @@ async def _idle_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
     await asyncio.gather(*(open_one(i) for i in job["indices"]))
     handshake_seconds = time.perf_counter() - handshake_started
     subscribe_started = time.perf_counter()
-    rooms, subs, base = job["idle_rooms"], job["subs"], job["room_base"]
+    subs, base = job["subs"], job["room_base"]
 
     async def subscribe(ws: Any, index: int) -> None:
         async with semaphore:
-            for k in range(subs):
-                room = base + 1 + (index + k * (rooms // subs)) % rooms
-                await ws.send(orjson.dumps({"type": "subscribe_room", "room_id": room}).decode())
+            for room in idle_rooms_of(index, subs, job["idle_rooms"]):
+                await ws.send(orjson.dumps({"type": "subscribe_room", "room_id": base + 1 + room}).decode())
             got = 0
             while got < subs:
                 raw = await asyncio.wait_for(ws.recv(), 60)
@@ -72,8 +73,15 @@ async def _idle_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
     report.extra = {"handshake_seconds": handshake_seconds,
                     "subscribe_seconds": time.perf_counter() - subscribe_started,
                     "connections": len(connections)}
-    # Hold the connections open until the parent has read the server's memory.
-    await asyncio.sleep(job["hold"])
+    # Hold the connections open (websockets answers the server's pings) until the parent
+    # has measured what it measures with them attached.
+    if job.get("subscribed") is not None:
+        job["subscribed"].release()
+    release = job.get("release")
+    if release is None:
+        await asyncio.sleep(job["hold"])
+    else:
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, job["hold"])
     for ws, _ in connections:
         ws.transport.abort()
     return report
@@ -91,15 +99,9 @@ def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
         server = BenchServer(Path(tmp), relay=args.relay, cpu=args.server_cpu)
         if not args.relay:
             admin = server.admin()
-            members: dict[int, list[int]] = {r: [] for r in range(args.idle_rooms)}
-            for i in range(conns):
-                for k in range(args.subs):
-                    members[(i + k * (args.idle_rooms // args.subs)) % args.idle_rooms].append(
-                        IDLE_USER_BASE + 1 + i)
             for r in range(room_base):  # the fanout rooms come first, as in wsload's layout
                 admin.create_room(f"bench-{r + 1}", "group", [])
-            for r in range(args.idle_rooms):
-                admin.create_room(f"idle-{r + 1}", "group", members[r])
+            create_idle_rooms(admin, conns, args.subs, args.idle_rooms)
             admin.close()
         server.start()
         try:

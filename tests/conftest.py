@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
+import itertools
 import os
 import socket
 import sqlite3
@@ -43,7 +45,7 @@ WAIT = 5.0
 TIERS = ("unit", "socket", "process", "browser", "bench")
 FILE_TIERS = {
     "test_config.py": "unit", "test_core.py": "unit", "test_framing.py": "unit", "test_hub.py": "unit",
-    "test_limits.py": "unit", "test_protocol.py": "unit", "test_store.py": "unit",
+    "test_keepalive.py": "unit", "test_limits.py": "unit", "test_protocol.py": "unit", "test_store.py": "unit",
     "test_client.py": "socket", "test_data.py": "socket", "test_handshake.py": "socket",
     "test_hardening.py": "socket", "test_messaging.py": "socket", "test_operations.py": "socket",
     "test_regressions.py": "socket", "test_reliability.py": "socket", "test_smoke.py": "socket",
@@ -93,6 +95,47 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return parse_config(raw, source=str(tmp_path / "test.toml"), base_dir=tmp_path)
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Time stands still until :meth:`advance` moves it, firing the timers that fall due."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.epoch = time.time() - self.now  # (tokens carry real times)
+        self.fired = 0
+        """Timer callbacks run so far (each is one turn of a real event loop)."""
+        self._timers: list[tuple[float, int, FakeTimer, Callable[..., Any], tuple[Any, ...]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.epoch + self.now
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> FakeTimer:
+        timer = FakeTimer()
+        heapq.heappush(self._timers, (self.now + delay, next(self._order), timer, callback, args))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self._timers and self._timers[0][0] <= until:
+            due, _, timer, callback, args = heapq.heappop(self._timers)
+            self.now = due
+            if not timer.cancelled:
+                self.fired += 1
+                callback(*args)
+        self.now = until
 
 
 class Client:

@@ -37,3 +37,16 @@ def test_quick_ceiling_compares_with_the_relay() -> None:
     result = _bench("ceiling")
     assert result["errors"] == 0
     assert float(result["deliveries_ratio"]) > 0  # type: ignore[arg-type]
+
+
+def test_quick_mixed_measures_three_servers_side_by_side() -> None:
+    """The mixed scenario runs the rate clients with no idle connections, then with idle ones
+    attached and the heartbeat off, then on (1 s interval in quick mode, so pings happen)."""
+    result = _bench("mixed")
+    assert result["errors"] == 0
+    summary = result["delivery_ms"]
+    assert isinstance(summary, dict)
+    assert [(run["idle"], run["ping_interval"]) for run in summary.values()] == [(0, 1.0), (200, 0), (200, 1.0)]
+    for run in summary.values():
+        assert float(run["acked_per_s"]) > 0
+        assert float(run["p50"]) <= float(run["p99"]) <= float(run["max"])

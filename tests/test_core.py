@@ -4,10 +4,8 @@ over a list sink, an in-memory store and a clock moved by hand."""
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.conftest import SIGNING_KEY, make_config
+from tests.conftest import SIGNING_KEY, FakeClock, make_config
 from unichatd import protocol
 from unichatd.auth import KeyRing, mint_token, verify_token
 from unichatd.catchup import CatchUp
@@ -32,44 +30,6 @@ from unichatd.updates import PIGGYBACK, WINDOW, RoomUpdates
 
 # ---------------------------------------------------------------------------
 # The fakes
-
-
-class FakeTimer:
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """Time stands still until :meth:`advance` moves it, firing the timers that fall due."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.epoch = time.time() - self.now  # (tokens carry real times)
-        self._timers: list[tuple[float, int, FakeTimer, Callable[..., Any], tuple[Any, ...]]] = []
-        self._order = itertools.count()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.epoch + self.now
-
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> FakeTimer:
-        timer = FakeTimer()
-        heapq.heappush(self._timers, (self.now + delay, next(self._order), timer, callback, args))
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        until = self.now + seconds
-        while self._timers and self._timers[0][0] <= until:
-            due, _, timer, callback, args = heapq.heappop(self._timers)
-            self.now = due
-            if not timer.cancelled:
-                callback(*args)
-        self.now = until
 
 
 class ListSink:

@@ -40,6 +40,7 @@ from tests.conftest import (
 )
 from unichatd.auth import mint_token
 from unichatd.config import Config
+from unichatd.keepalive import TICK
 from unichatd.protocol import MAX_ID, REQUEST_TYPES
 from unichatd.store import AdminStore
 from unichatd.transport import CLOSE_TIMEOUT
@@ -550,6 +551,34 @@ async def test_silent_peer_is_dropped_and_leaves_rooms(tmp_path: Path) -> None:
             await alive.close()
 
     await with_server(make_config(tmp_path, server={"ping_interval": 1, "ping_timeout": 1}), body)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_answered_and_then_stops_is_closed_within_interval_plus_timeout(tmp_path: Path) -> None:
+    """A client that answers pings stays; once it stops answering, the server sends 1011
+    no later than ping_interval + ping_timeout after it went silent."""
+    interval, timeout = 1.0, 0.5
+
+    async def body(running: RunningServer) -> None:
+        peer = await running.connect(1, ping_interval=None, close_timeout=1)
+        try:
+            far_end = server_side(running, peer)
+            await asyncio.sleep(3 * interval)  # its library answers every ping: it stays
+            assert far_end.state.name == "OPEN"
+            assert (await peer.request({"type": "ping"}, "pong"))["type"] == "pong"
+            silent_at = time.monotonic()
+            peer.ws.transport.pause_reading()
+            await eventually(lambda: far_end.protocol.close_sent is not None, timeout=interval + timeout + 1)
+            waited = time.monotonic() - silent_at
+            close_sent = far_end.protocol.close_sent
+            assert (close_sent.code, close_sent.reason) == (1011, "keepalive ping timeout")
+            # (the keepalive's tick, the polling above and a loaded machine's scheduling aside)
+            assert waited <= interval + timeout + TICK + 0.2, waited
+        finally:
+            peer.ws.transport.resume_reading()
+            await peer.close()
+
+    await with_server(make_config(tmp_path, server={"ping_interval": interval, "ping_timeout": timeout}), body)
 
 
 # -- 6. token lifetime -----------------------------------------------------------------------------

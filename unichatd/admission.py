@@ -7,14 +7,14 @@ import collections
 from collections.abc import Callable
 from typing import ClassVar
 
-from websockets.asyncio.server import ServerConnection
-
 from .auth import Identity
 from .errors import AuthError
+from .keepalive import AnswersPings
 
 
-class AdmittedConnection(ServerConnection):
-    """A websockets connection that carries what the handshake learned of its token."""
+class AdmittedConnection(AnswersPings):
+    """A websockets connection that carries what the handshake learned of its token
+    (and, as every connection, notes the keepalive's pongs)."""
 
     auth: Identity | AuthError | None = None
     """Set when the handshake is admitted under the connection limits."""

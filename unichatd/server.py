@@ -33,10 +33,11 @@ from .endpoints import Endpoints
 from .errors import AuthError, CloseCode, ConfigError, StoreError
 from .instance import Instance, InstanceLock
 from .interfaces import Broker, MessageStore
+from .keepalive import Keepalive
 from .metrics import LoopLagMonitor
 from .prometheus import MetricsCollector
 from .session import Session
-from .transport import CLOSE_TIMEOUT, ConnectionSink, Corks, close_bounded, heartbeat, remote_address
+from .transport import CLOSE_TIMEOUT, ConnectionSink, Corks, close_bounded, remote_address
 
 log = structlog.get_logger("unichatd.server")
 
@@ -63,6 +64,8 @@ class UnichatServer:
         self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Future[None]] = set()
         self._corks = Corks(self.chat.stats, self.spawn, config.server.send_buffer_bytes)
+        self._keepalive = (Keepalive(config.server.ping_interval, config.server.ping_timeout, self.chat.clock)
+                           if config.server.ping_interval else None)
         self.admission = Admission()
         self.loop_lag = LoopLagMonitor()
         registry = CollectorRegistry(auto_describe=True)
@@ -120,8 +123,8 @@ class UnichatServer:
             process_request=self.endpoints.process_request,
             compression=None,
             max_size=server_config.max_message_bytes,
-            # Keepalive is ours (see _heartbeat): one task for all connections instead of
-            # one task and timer per connection.
+            # Keepalive is ours (see keepalive.py): one timer for all connections instead
+            # of one task and timer per connection.
             ping_interval=None,
             close_timeout=CLOSE_TIMEOUT,
             server_header="unichatd",
@@ -131,8 +134,6 @@ class UnichatServer:
         )
         self._lock.publish(self._instance(self.port))
         self.spawn(self.loop_lag.run())
-        if server_config.ping_interval:
-            self.spawn(heartbeat(self._ws, lambda: self.config.server, self.spawn))
         # 4. the pid file goes first, so whoever sees the port open finds it too; then
         #    accept, and tell systemd.
         if server_config.pid_file:
@@ -186,6 +187,8 @@ class UnichatServer:
                     async with asyncio.timeout(CLOSE_TIMEOUT):
                         await self._ws.wait_closed()
         # 5. end timers and background work;
+        if self._keepalive is not None:
+            self._keepalive.stop()
         await self.chat.stop()
         for task in tuple(self._tasks):
             task.cancel()
@@ -256,6 +259,8 @@ class UnichatServer:
             await close_bounded(connection, CloseCode.INTERNAL_ERROR, "database unavailable")
             return
         log.info("connection.opened", conn_id=conn_id, user_id=auth.user_id, remote=remote_address(connection))
+        if self._keepalive is not None:
+            self._keepalive.watch(sink)
         try:
             async for frame in connection:
                 if isinstance(frame, str):

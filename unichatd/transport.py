@@ -1,4 +1,4 @@
-"""Frames out to the peers: framing, per-tick write batching, bounded closes, keepalive.
+"""Frames out to the peers: framing, per-tick write batching, bounded closes.
 
 Frames leave through :class:`ConnectionSink`, which writes synchronously into the
 connection's transport (the way ``websockets.broadcast`` does) so that no delivery ever
@@ -9,24 +9,20 @@ a slow consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from websockets.asyncio.server import Server, ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
-from .config import ServerConfig
 from .errors import CloseCode
+from .keepalive import PING_FRAME, AnswersPings
 from .stats import Stats
 
 log = structlog.get_logger("unichatd.server")
 
 CLOSE_TIMEOUT = 5.0
-_PING_FRAME_BYTES = 6
-"""A ping with websockets' 4-byte payload: two header bytes and the payload."""
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -50,13 +46,14 @@ class ConnectionSink:
     all its recipients, see :meth:`Corks.framed`) and queues it; the first queued frame
     of a tick schedules :meth:`Corks.flush`, which hands each connection's frames to its
     transport in one ``writelines`` — one system call for an ack, its broadcast and any
-    room_updated due, instead of one each.  Control frames (ping, pong, close) stay with
-    websockets, which writes them straight to the transport between whole data frames.
+    room_updated due, instead of one each.  The keepalive's pings go the same way (see
+    :mod:`.keepalive`); pongs and close frames stay with websockets, which writes them
+    straight to the transport between whole data frames.
     """
 
     __slots__ = ("_conn", "_corks", "closed", "pending")
 
-    def __init__(self, conn: ServerConnection, corks: Corks) -> None:
+    def __init__(self, conn: AnswersPings, corks: Corks) -> None:
         self._conn = conn
         self._corks = corks
         self.closed = False
@@ -65,12 +62,32 @@ class ConnectionSink:
     def send(self, payload: bytes) -> None:
         if self.closed:
             return  # (the protocol state is checked once per tick, in flush)
-        frame = self._corks.framed(payload)
+        self._queue(self._corks.framed(payload))
+
+    def _queue(self, frame: bytes) -> None:
         if self.pending is None:
             self.pending = [frame]
             self._corks.add(self)
         else:
             self.pending.append(frame)
+
+    # -- what the keepalive needs (keepalive.Peer) --
+
+    @property
+    def open(self) -> bool:
+        return not self.closed and self._conn.protocol.state is State.OPEN
+
+    @property
+    def awaiting_pong(self) -> bool:
+        return self._conn.awaiting_pong
+
+    @property
+    def remote(self) -> str:
+        return remote_address(self._conn)
+
+    def ping(self) -> None:
+        self._conn.awaiting_pong = True
+        self._queue(PING_FRAME)
 
     def flush(self) -> None:
         frames, self.pending = self.pending, None
@@ -149,63 +166,6 @@ class Corks:
                 sink.flush()
             except Exception:  # one broken transport must not starve the others
                 log.exception("connection.write_failed")
-
-
-async def heartbeat(server: Server, settings: Callable[[], ServerConfig],
-                    spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
-    """Ping every connection each ``ping_interval``; close with 1011 one that has not
-    answered within ``ping_timeout`` (what websockets' per-connection keepalive does, in
-    one task for all connections instead of one task and timer each)."""
-    loop = asyncio.get_running_loop()
-    outstanding: dict[ServerConnection, tuple[float, Awaitable[Any] | None]] = {}
-    next_round = loop.time() + settings().ping_interval
-    while True:
-        interval, timeout = settings().ping_interval, settings().ping_timeout
-        await asyncio.sleep(max(0.05, min(interval, timeout or interval) / 4))
-        now = loop.time()
-        # 1. answered pings are forgotten; unanswered ones past the timeout close;
-        for conn, (sent_at, waiter) in tuple(outstanding.items()):
-            if waiter is None:
-                answered = not conn.paused  # (a peer that was not reading: see below)
-            else:
-                answered = isinstance(waiter, asyncio.Future) and waiter.done()
-                if answered and not waiter.cancelled():  # type: ignore[attr-defined]
-                    waiter.exception()  # type: ignore[attr-defined]  # retrieved: closes fail it
-            if answered:
-                del outstanding[conn]
-            elif timeout and now - sent_at >= timeout:
-                del outstanding[conn]
-                log.info("connection.ping_timeout", remote=remote_address(conn))
-                if isinstance(waiter, asyncio.Task):
-                    waiter.cancel()
-                spawn(close_bounded(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
-        # 2. each round, every connection without a ping in flight gets one.
-        if now < next_round:
-            continue
-        next_round = now + interval
-        for conn in server.connections:
-            if conn in outstanding:
-                continue
-            if conn.paused:
-                # Its writes are blocked (it does not read): ping() would wait for it,
-                # holding up every other connection. It counts as a ping not answered
-                # until it reads again.
-                outstanding[conn] = (now, None)
-                continue
-            transport = conn.transport
-            if transport.get_write_buffer_size() + _PING_FRAME_BYTES > transport.get_write_buffer_limits()[1]:
-                # The ping would push it over the high-water mark, and ping() would then
-                # wait for the peer to read: that wait happens in a task of its own.
-                outstanding[conn] = (now, asyncio.ensure_future(_ping_and_wait(conn)))
-                continue
-            with contextlib.suppress(ConnectionClosed):
-                outstanding[conn] = (now, await conn.ping())
-
-
-async def _ping_and_wait(conn: ServerConnection) -> None:
-    """A ping that may wait for the peer to read first; done when the pong comes."""
-    with contextlib.suppress(ConnectionClosed):
-        await (await conn.ping())
 
 
 def remote_address(connection: ServerConnection) -> str:
