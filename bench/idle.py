@@ -32,7 +32,7 @@ from .harness import (
 )
 
 
-async def _idle_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
+async def idle_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
     import websockets
 
     report = ClientReport()
@@ -132,7 +132,7 @@ def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
                         return
                     time.sleep(0.2)
 
-            report = run_clients(_idle_client, [Job(job) for job in jobs], timeout=hold + 120,
+            report = run_clients(idle_client, [Job(job) for job in jobs], timeout=hold + 120,
                                  on_started=sample_while_open)
             peak, connected = samples["peak"], samples["connected"]
         finally:

@@ -29,7 +29,7 @@ from .harness import (
     run_clients,
     split,
 )
-from .idle import _idle_client
+from .idle import idle_client
 
 DEFAULT_DURATION = 45.0
 """Seconds measured when ``--duration`` is not given: past two default heartbeat intervals."""
@@ -105,7 +105,7 @@ def _rate_with_idle_attached(server: BenchServer, args: argparse.Namespace, idle
     # The idle clients run (and answer pings) in their own processes while this thread
     # runs the rate clients; the idle report only says whether they all attached.
     worker = threading.Thread(target=measure_once_attached, name="bench-rate")
-    idle_report = run_clients(_idle_client, jobs, timeout=hold + 120, on_started=worker.start)
+    idle_report = run_clients(idle_client, jobs, timeout=hold + 120, on_started=worker.start)
     worker.join(60)
     if not measured:
         raise SystemExit("unichatd bench: the rate run did not finish")
