@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds measured (mixed: {DEFAULT_DURATION:g} unless given)")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="rate: messages/s in all")
-    parser.add_argument("--conns", type=int, default=18_000, help="idle: connections (mixed: 15000 unless given)")
+    parser.add_argument("--conns", type=int, default=18_000,
+                        help=f"idle: connections (mixed: {MIXED_CONNS:,} unless given)")
     parser.add_argument("--subs", type=int, default=5, help="idle: rooms per connection")
     parser.add_argument("--idle-rooms", type=int, default=100)
     parser.add_argument("--relay", action="store_true", help="idle: measure the bare relay instead")

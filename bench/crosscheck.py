@@ -53,7 +53,8 @@ def _one_run(args: argparse.Namespace, passthrough: list[str], *, idle: int, pin
         if args.target == "unichatd":
             admin = server.admin()
             create_fanout_rooms(admin, args.rooms, args.members)
-            create_idle_rooms(admin, idle, args.subs, args.idle_rooms)
+            if idle or args.scenario == "mixed":  # (mixed: the same rooms in all three runs)
+                create_idle_rooms(admin, idle, args.subs, args.idle_rooms)
             admin.close()
         server.start()
         holder: subprocess.Popen[str] | None = None
