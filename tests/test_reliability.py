@@ -581,6 +581,26 @@ async def test_a_peer_that_answered_and_then_stops_is_closed_within_interval_plu
     await with_server(make_config(tmp_path, server={"ping_interval": interval, "ping_timeout": timeout}), body)
 
 
+@pytest.mark.asyncio
+async def test_ping_interval_zero_disables_the_keepalive(tmp_path: Path) -> None:
+    """operations.md: `ping_interval = 0` disables pings, so a peer that would never answer one stays."""
+
+    async def body(running: RunningServer) -> None:
+        peer = await running.connect(1, ping_interval=None, close_timeout=1)
+        try:
+            far_end = server_side(running, peer)
+            peer.ws.transport.pause_reading()
+            await asyncio.sleep(1.5)  # (five ping_timeouts)
+            peer.ws.transport.resume_reading()
+            assert far_end.state.name == "OPEN"
+            assert (await peer.request({"type": "ping"}, "pong"))["type"] == "pong"
+        finally:
+            peer.ws.transport.resume_reading()
+            await peer.close()
+
+    await with_server(make_config(tmp_path, server={"ping_interval": 0, "ping_timeout": 0.3}), body)
+
+
 # -- 6. token lifetime -----------------------------------------------------------------------------
 
 
