@@ -27,6 +27,7 @@ import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from tests import browsing
 from unichatd.app import build_server
 from unichatd.auth import mint_token
 from unichatd.config import Config, parse_config
@@ -50,7 +51,8 @@ FILE_TIERS = {
     "test_hardening.py": "socket", "test_messaging.py": "socket", "test_operations.py": "socket",
     "test_regressions.py": "socket", "test_reliability.py": "socket", "test_smoke.py": "socket",
     "test_cli.py": "process", "test_hardening_cli.py": "process",
-    "test_web.py": "browser",
+    "test_web.py": "browser", "test_web_access.py": "browser", "test_web_load.py": "browser",
+    "test_web_serving.py": "socket",
     "test_bench.py": "bench",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
@@ -420,3 +422,31 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for daemon in started:
         daemon.stop()
+
+
+# -- the browser tier ---------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Any]:
+    browsing.require_chromium()
+    browsing.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=browsing.CHROMIUM, args=browsing.CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture
+async def chat_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server for browser tests, whose helpers fill rooms faster than the default rate limit."""
+    limits = {"messages_per_second": 10_000, "message_burst": 10_000}
+    running = await start_server(make_config(tmp_path, server={"port": free_port()}, limits=limits))
+    try:
+        yield running
+    finally:
+        await running.server.stop()

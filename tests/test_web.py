@@ -3,88 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
+from tests.browsing import SCREENSHOTS, WAIT_MS, enter_room, fill_room, mark_read, open_page, say, texts
 from tests.conftest import RunningServer, free_port, make_config, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-# The screenshots in docs/ are refreshed with UNICHATD_SCREENSHOTS=1; other runs keep theirs
-# out of the work tree.
-SCREENSHOTS = (
-    ROOT / "docs" / "screenshots" if os.environ.get("UNICHATD_SCREENSHOTS")
-    else Path(tempfile.gettempdir()) / "unichatd-screenshots"
-)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-    "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-]
-WAIT_MS = 8000
-
 pytestmark = pytest.mark.asyncio
-
-
-def _require_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("Chromium is missing in CI: .ci/run installs Debian's chromium package")
-    pytest.skip("Chromium not installed: `apt-get install chromium` to run the browser tests")
-
-
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Any]:
-    _require_chromium()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest_asyncio.fixture
-async def chat_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(make_config(tmp_path, server={"port": free_port()}))
-    try:
-        yield running
-    finally:
-        await running.server.stop()
-
-
-async def _open(browser: Any, server: RunningServer, user_id: int, name: str,
-                viewport: dict[str, int] | None = None) -> Any:
-    context = await browser.new_context(viewport=viewport or {"width": 1000, "height": 700})
-    page = await context.new_page()
-    await page.goto(f"{server.http_url}/#token={server.token(user_id, name)}")
-    await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
-    return page
-
-
-async def _enter_room(page: Any, name: str) -> None:
-    await page.locator("#room-list li", has_text=name).click()
-    await page.locator("#composer").wait_for(state="visible", timeout=WAIT_MS)
-
-
-async def _say(page: Any, text: str) -> None:
-    await page.locator("#input").fill(text)
-    await page.locator("#input").press("Enter")
-
-
-def _texts(page: Any) -> Any:
-    return page.locator("#message-list .message .text")
 
 
 async def test_two_users_chat_and_own_messages_are_confirmed(browser: Any, chat_server: RunningServer) -> None:
@@ -92,15 +20,15 @@ async def test_two_users_chat_and_own_messages_are_confirmed(browser: Any, chat_
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1, 2])
-    alice = await _open(browser, chat_server, 1, "alice")
-    bob = await _open(browser, chat_server, 2, "bob")
-    await _enter_room(alice, "general")
-    await _enter_room(bob, "general")
-    await _say(alice, "hello bob")
+    alice = await open_page(browser, chat_server, 1, "alice")
+    bob = await open_page(browser, chat_server, 2, "bob")
+    await enter_room(alice, "general")
+    await enter_room(bob, "general")
+    await say(alice, "hello bob")
     await expect(bob.locator("#message-list .message", has_text="hello bob")).to_be_visible(timeout=WAIT_MS)
     await expect(alice.locator("#message-list .message.sending")).to_have_count(0, timeout=WAIT_MS)
     await expect(alice.locator("#message-list .message.mine", has_text="hello bob")).to_have_count(1)
-    await _say(bob, "hi alice\nsecond line")  # Enter sends; the text keeps its newline
+    await say(bob, "hi alice\nsecond line")  # Enter sends; the text keeps its newline
     await expect(alice.locator("#message-list .message", has_text="second line")).to_be_visible(timeout=WAIT_MS)
     # The room list follows live through room_updated (no polling).
     preview = alice.locator("#room-list li", has_text="general").locator(".room-preview")
@@ -113,16 +41,16 @@ async def test_replies_quote_and_read_receipts_show(browser: Any, chat_server: R
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1, 2])
-    alice = await _open(browser, chat_server, 1, "alice")
-    bob = await _open(browser, chat_server, 2, "bob")
-    await _enter_room(alice, "general")
-    await _say(alice, "lunch at noon?")
+    alice = await open_page(browser, chat_server, 1, "alice")
+    bob = await open_page(browser, chat_server, 2, "bob")
+    await enter_room(alice, "general")
+    await say(alice, "lunch at noon?")
     await bob.bring_to_front()  # bob reads: his page is visible and focused
-    await _enter_room(bob, "general")
+    await enter_room(bob, "general")
     original = bob.locator("#message-list .message", has_text="lunch at noon?")
     await original.locator("button", has_text="reply").click()
     await expect(bob.locator("#reply-bar")).to_be_visible()
-    await _say(bob, "yes!")
+    await say(bob, "yes!")
     reply = alice.locator("#message-list .message", has_text="yes!")
     await expect(reply.locator(".quote")).to_have_text("alice: lunch at noon?", timeout=WAIT_MS)
     mine = alice.locator("#message-list .message.mine", has_text="lunch at noon?")
@@ -135,17 +63,17 @@ async def test_unread_badge_appears_and_clears(browser: Any, chat_server: Runnin
 
     await chat_server.create_room("general", [1, 2])
     await chat_server.create_room("random", [1, 2])
-    alice = await _open(browser, chat_server, 1, "alice")
-    bob = await _open(browser, chat_server, 2, "bob")
-    await _enter_room(bob, "general")
-    await _enter_room(alice, "random")
-    await _say(alice, "over here")
-    await _say(alice, "and again")
+    alice = await open_page(browser, chat_server, 1, "alice")
+    bob = await open_page(browser, chat_server, 2, "bob")
+    await enter_room(bob, "general")
+    await enter_room(alice, "random")
+    await say(alice, "over here")
+    await say(alice, "and again")
     badge = bob.locator("#room-list li", has_text="random").locator(".badge")
     await expect(badge).to_have_text("2", timeout=WAIT_MS)
     await bob.screenshot(path=str(SCREENSHOTS / "room-list.png"))
     await bob.bring_to_front()  # marking read waits until the page is visible and focused
-    await _enter_room(bob, "random")
+    await enter_room(bob, "random")
     await expect(badge).to_have_count(0, timeout=WAIT_MS)
     await chat_server.wait_for(lambda: chat_server.server.chat.directory.unread(2, 2) == 0)
     reader = await chat_server.connect(2)
@@ -159,10 +87,10 @@ async def test_typing_indicator_shows_and_expires(browser: Any, chat_server: Run
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1, 2])
-    alice = await _open(browser, chat_server, 1, "alice")
-    bob = await _open(browser, chat_server, 2, "bob")
-    await _enter_room(alice, "general")
-    await _enter_room(bob, "general")
+    alice = await open_page(browser, chat_server, 1, "alice")
+    bob = await open_page(browser, chat_server, 2, "bob")
+    await enter_room(alice, "general")
+    await enter_room(bob, "general")
     await alice.locator("#input").press_sequentially("typing here", delay=20)
     await expect(bob.locator("#typing")).to_have_text("alice is typing…", timeout=WAIT_MS)
     await bob.screenshot(path=str(SCREENSHOTS / "typing.png"))
@@ -178,11 +106,11 @@ async def test_reconnects_after_restart_and_shows_missed_messages_once(browser: 
     running = await start_server(config)
     try:
         await running.create_room("general", [1, 2])
-        bob = await _open(browser, running, 2, "bob")
-        await _enter_room(bob, "general")
+        bob = await open_page(browser, running, 2, "bob")
+        await enter_room(bob, "general")
         sender = await running.connect(1, "alice")
         await sender.request({"type": "send_message", "room_id": 1, "content": "before restart"}, "message_ack")
-        await expect(_texts(bob)).to_have_text(["before restart"], timeout=WAIT_MS)
+        await expect(texts(bob)).to_have_text(["before restart"], timeout=WAIT_MS)
         await sender.close()
         await running.server.stop()
         await expect(bob.locator("#conn-state")).not_to_have_attribute("data-state", "online", timeout=WAIT_MS)
@@ -192,9 +120,9 @@ async def test_reconnects_after_restart_and_shows_missed_messages_once(browser: 
             await sender.request({"type": "send_message", "room_id": 1, "content": text}, "message_ack")
         await sender.close()
         await expect(bob.locator("#conn-state")).to_have_attribute("data-state", "online", timeout=20_000)
-        await expect(_texts(bob)).to_have_text(["before restart", "missed one", "missed two"], timeout=WAIT_MS)
+        await expect(texts(bob)).to_have_text(["before restart", "missed one", "missed two"], timeout=WAIT_MS)
         await asyncio.sleep(0.5)
-        await expect(_texts(bob)).to_have_count(3)
+        await expect(texts(bob)).to_have_count(3)
     finally:
         await running.server.stop()
 
@@ -204,16 +132,16 @@ async def test_message_text_is_never_html(browser: Any, chat_server: RunningServ
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1, 2])
-    bob = await _open(browser, chat_server, 2, "bob")
+    bob = await open_page(browser, chat_server, 2, "bob")
     dialogs: list[str] = []
     bob.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    await _enter_room(bob, "general")
+    await enter_room(bob, "general")
     sender = await chat_server.connect(1, "mallory")
     payloads = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>", "<b>bold</b>"]
     for payload in payloads:
         await sender.request({"type": "send_message", "room_id": 1, "content": payload}, "message_ack")
     await sender.close()
-    await expect(_texts(bob)).to_have_text(payloads, timeout=WAIT_MS)
+    await expect(texts(bob)).to_have_text(payloads, timeout=WAIT_MS)
     assert await bob.locator("#message-list img, #message-list script, #message-list b").count() == 0
     await asyncio.sleep(0.3)
     assert dialogs == []
@@ -260,9 +188,9 @@ async def test_works_with_allowed_origins_set_to_its_own_origin(browser: Any, tm
     running = await start_server(make_config(tmp_path, server={"port": port, "allowed_origins": [origin]}))
     try:
         await running.create_room("general", [1])
-        page = await _open(browser, running, 1, "alice")
-        await _enter_room(page, "general")
-        await _say(page, "same origin works")
+        page = await open_page(browser, running, 1, "alice")
+        await enter_room(page, "general")
+        await say(page, "same origin works")
         await expect(page.locator("#message-list .message.mine")).to_have_count(1, timeout=WAIT_MS)
         await expect(page.locator("#message-list .message.sending")).to_have_count(0, timeout=WAIT_MS)
     finally:
@@ -274,11 +202,11 @@ async def test_phone_width_shows_one_pane_at_a_time(browser: Any, chat_server: R
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1])
-    page = await _open(browser, chat_server, 1, "alice", viewport={"width": 390, "height": 760})
+    page = await open_page(browser, chat_server, 1, "alice", viewport={"width": 390, "height": 760})
     await expect(page.locator(".room-view")).to_be_hidden()
-    await _enter_room(page, "general")
+    await enter_room(page, "general")
     await expect(page.locator(".sidebar")).to_be_hidden()
-    await _say(page, "from my phone")
+    await say(page, "from my phone")
     await expect(page.locator("#message-list .message.mine")).to_have_count(1, timeout=WAIT_MS)
     await page.screenshot(path=str(SCREENSHOTS / "phone.png"))
     await page.locator("#back").click()
@@ -290,15 +218,15 @@ async def test_shift_enter_starts_a_new_line(browser: Any, chat_server: RunningS
     from playwright.async_api import expect
 
     await chat_server.create_room("general", [1])
-    page = await _open(browser, chat_server, 1, "alice")
-    await _enter_room(page, "general")
+    page = await open_page(browser, chat_server, 1, "alice")
+    await enter_room(page, "general")
     composer = page.locator("#input")
     await composer.press_sequentially("first line")
     await composer.press("Shift+Enter")
     await composer.press_sequentially("second line")
     await expect(page.locator("#message-list .message")).to_have_count(0)
     await composer.press("Enter")
-    await expect(_texts(page)).to_have_text(["first line\nsecond line"], timeout=WAIT_MS)
+    await expect(texts(page)).to_have_text(["first line\nsecond line"], timeout=WAIT_MS)
 
 
 async def test_older_history_loads_on_scroll_up(browser: Any, tmp_path: Path) -> None:
@@ -313,16 +241,17 @@ async def test_older_history_loads_on_scroll_up(browser: Any, tmp_path: Path) ->
         for index in range(120):
             await sender.request({"type": "send_message", "room_id": room, "content": f"note {index}"}, "message_ack")
         await sender.close()
-        page = await _open(browser, running, 1, "alice", viewport={"width": 1000, "height": 500})
-        await _enter_room(page, "archive")
-        await expect(_texts(page)).to_have_count(50, timeout=WAIT_MS)
-        await expect(_texts(page).last).to_have_text("note 119")
+        await mark_read(running, 1, "alice", room)
+        page = await open_page(browser, running, 1, "alice", viewport={"width": 1000, "height": 500})
+        await enter_room(page, "archive")
+        await expect(texts(page)).to_have_count(50, timeout=WAIT_MS)
+        await expect(texts(page).last).to_have_text("note 119")
         await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
-        await expect(_texts(page)).to_have_count(100, timeout=WAIT_MS)
-        await expect(_texts(page).first).to_have_text("note 20")
+        await expect(texts(page)).to_have_count(100, timeout=WAIT_MS)
+        await expect(texts(page).first).to_have_text("note 20")
         await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
-        await expect(_texts(page)).to_have_count(120, timeout=WAIT_MS)
-        await expect(_texts(page).first).to_have_text("note 0")
+        await expect(texts(page)).to_have_count(120, timeout=WAIT_MS)
+        await expect(texts(page).first).to_have_text("note 0")
     finally:
         await running.server.stop()
 
@@ -336,8 +265,8 @@ async def test_dark_mode_follows_the_system(browser: Any, chat_server: RunningSe
     page = await context.new_page()
     await page.goto(f"{chat_server.http_url}/#token={chat_server.token(1, 'alice')}")
     await page.locator("#conn-state[data-state=online]").wait_for(timeout=WAIT_MS)
-    await _enter_room(page, "general")
-    await _say(page, "late night message")
+    await enter_room(page, "general")
+    await say(page, "late night message")
     await page.locator("#message-list .message.mine").wait_for(timeout=WAIT_MS)
     preview = page.locator("#room-list li", has_text="general").locator(".room-preview")
     await expect(preview).to_have_text("late night message", timeout=WAIT_MS)
@@ -376,3 +305,55 @@ async def test_token_cookie_is_httponly_and_other_origins_cannot_use_it(browser:
     finally:
         await own.server.stop()
         await other.server.stop()
+
+
+async def test_reopening_a_room_puts_the_new_messages_line_before_what_came_meanwhile(
+        browser: Any, chat_server: RunningServer) -> None:
+    """alice reads general, looks at random, three messages arrive in general: back in general,
+    the line sits before the first of those three, not among what she had read."""
+    from playwright.async_api import expect
+
+    general, random = await chat_server.rooms(("general", [1, 2]), ("random", [1, 2]))
+    await fill_room(chat_server, general, 2, "bob", [f"read {n}" for n in range(60)])
+    page = await open_page(browser, chat_server, 1, "alice")
+    await page.bring_to_front()
+    await enter_room(page, "general")
+    await expect(texts(page).last).to_have_text("read 59", timeout=WAIT_MS)
+    await chat_server.wait_for(lambda: chat_server.server.chat.directory.unread(1, general) == 0)
+    await enter_room(page, "random")
+    await fill_room(chat_server, general, 2, "bob", ["after 0", "after 1", "after 2"])
+    badge = page.locator("#room-list li", has_text="general").locator(".badge")
+    await expect(badge).to_have_text("3", timeout=WAIT_MS)
+    await enter_room(page, "general")
+    await expect(texts(page).last).to_have_text("after 2", timeout=WAIT_MS)
+    divider = page.locator("#message-list .divider")
+    await expect(divider).to_be_visible(timeout=WAIT_MS)
+    assert await divider.evaluate("node => node.nextElementSibling.querySelector('.text').textContent") == "after 0"
+
+
+async def test_older_pages_still_load_after_a_reconnect(browser: Any, tmp_path: Path) -> None:
+    """Scrolling up while the server is away asks for nothing (and leaves nothing pending);
+    once back online, scrolling up loads the page before."""
+    from playwright.async_api import expect
+
+    config = make_config(tmp_path, server={"port": free_port()},
+                         limits={"messages_per_second": 10_000, "message_burst": 10_000})
+    running = await start_server(config)
+    try:
+        room = await running.create_room("archive", [1, 2])
+        await fill_room(running, room, 2, "bob", [f"note {n}" for n in range(200)])
+        await mark_read(running, 1, "alice", room)
+        page = await open_page(browser, running, 1, "alice")
+        await enter_room(page, "archive")
+        await expect(texts(page).first).to_have_text("note 150", timeout=WAIT_MS)
+        await running.server.stop()
+        await expect(page.locator("#conn-state")).not_to_have_attribute("data-state", "online", timeout=WAIT_MS)
+        await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
+        await page.wait_for_timeout(300)
+        running = await start_server(config)
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "online", timeout=20_000)
+        await page.locator("#messages").evaluate("box => { box.scrollTop = 10; box.scrollTop = 0; }")
+        await expect(texts(page).first).to_have_text("note 100", timeout=WAIT_MS)
+        await expect(page.locator("#older")).to_be_hidden()
+    finally:
+        await running.server.stop()

@@ -7,6 +7,7 @@ websockets calls :meth:`Endpoints.process_request` for every HTTP request on the
 
 from __future__ import annotations
 
+import functools
 import http
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .auth import AUTH_REQUIRED, Identity, bearer_token, token_from_handshake, v
 from .chat import Chat
 from .config import Config
 from .errors import AuthError, BadRequest
+from .webclient import WebClientFiles
 
 log = structlog.get_logger("unichatd.server")
 
@@ -40,6 +42,10 @@ class Endpoints:
         self._health = health
         self._registry = registry
         self._tls = tls
+
+    @functools.cached_property
+    def _web_files(self) -> WebClientFiles:
+        return WebClientFiles.load()
 
     @property
     def config(self) -> Config:
@@ -75,7 +81,8 @@ class Endpoints:
             return routes.method_not_allowed(routes.READ_METHODS)
         head = request.method == "HEAD"
         if is_web_file:
-            return routes.web_client(request, path, ws_path)
+            page = self._web_files.page(ws_path, self.config.limits.max_content_chars)
+            return routes.web_client(request, path, self._web_files, page)
         if path == "/healthz":
             return routes.respond(http.HTTPStatus.OK, orjson.dumps(self._health()), "application/json", head=head)
         refusal = self._metrics_refusal(connection, request)

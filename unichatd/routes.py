@@ -8,9 +8,7 @@ carry a small JSON body (``{"error": code, "message": text}``) and never a trace
 from __future__ import annotations
 
 import hmac
-import html
 import http
-import importlib.resources
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -21,19 +19,13 @@ from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from .errors import BadRequest
+from .webclient import REVALIDATE, WebClientFiles, WebFile, accepts_gzip
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 SESSION_PATH = "/session"
 
-_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
-                  "css": "text/css; charset=utf-8", "svg": "image/svg+xml"}
-_WEB_FILES = frozenset({"index.html", "app.js", "style.css", "icon.svg"})
 _HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-
-_web_files: dict[str, bytes] = {}
-"""The served files, read once: a fixed set, so asking for other names costs no memory."""
-
 
 def header(request: Request, name: str) -> str | None:
     """The one value of ``name``; a header that must be single but came twice is a 400."""
@@ -41,6 +33,12 @@ def header(request: Request, name: str) -> str | None:
         return request.headers.get(name)
     except MultipleValuesError:
         raise BadRequest(f"duplicate {name} header") from None
+
+
+def list_header(request: Request, name: str) -> str | None:
+    """A comma-separated list header, which may come split over several lines."""
+    values = request.headers.get_all(name)
+    return ", ".join(values) if values else None
 
 
 def handshake_headers(request: Request) -> dict[str, str]:
@@ -66,11 +64,11 @@ def error(status: http.HTTPStatus, code: str, message: str, *, head: bool = Fals
 
 
 def respond(status: http.HTTPStatus, body: bytes, content_type: str, *, head: bool = False,
-            extra: Iterable[tuple[str, str]] = ()) -> Response:
+            extra: Iterable[tuple[str, str]] = (), cache: str = "no-store") -> Response:
     """A response with its length; a HEAD request gets the headers alone."""
     headers = Headers(
         [("Content-Type", content_type), ("Content-Length", str(len(body))),
-         ("Cache-Control", "no-store"), *extra]
+         ("Cache-Control", cache), *extra]
     )
     return Response(status.value, status.phrase, headers, b"" if head else body)
 
@@ -88,34 +86,27 @@ def method_not_allowed(allowed: Iterable[str]) -> Response:
 # -- the web client -------------------------------------------------------------------
 
 
-def web_file(name: str) -> bytes | None:
-    if name not in _WEB_FILES:
-        return None
-    body = _web_files.get(name)
-    if body is None:
-        body = _web_files[name] = importlib.resources.files("unichatd").joinpath("web", name).read_bytes()
-    return body
-
-
-def web_client(request: Request, path: str, ws_path: str) -> Response:
-    """``/``, ``/static/<file>`` and ``/favicon.ico``, with a strict Content-Security-Policy."""
+def web_client(request: Request, path: str, files: WebClientFiles, page: WebFile) -> Response:
+    """``/``, ``/static/<file>`` and ``/favicon.ico``: gzipped when the client takes it,
+    cached by version (see :mod:`unichatd.webclient`), with a strict Content-Security-Policy."""
     head = request.method == "HEAD"
-    if path == "/":
-        name = "index.html"
-    elif path == "/favicon.ico":
-        name = "icon.svg"
-    else:
-        name = path.removeprefix("/static/")
-    body = web_file(name)
-    if body is None:
+    found, cache = (page, REVALIDATE) if path == "/" else files.resolve(path)
+    if found is None:
         return not_found(head)
-    if name == "index.html":
-        body = body.replace(b"{{WS_PATH}}", html.escape(ws_path).encode())
+    gzipped = accepts_gzip(list_header(request, "Accept-Encoding"))
+    body, etag = found.variant(gzipped)
+    validators = [("ETag", etag), ("Vary", "Accept-Encoding")]
+    if body is not found.body:
+        validators.append(("Content-Encoding", "gzip"))
+    if WebFile.matches(list_header(request, "If-None-Match"), etag):
+        headers = Headers([("Cache-Control", cache), *validators])
+        return Response(http.HTTPStatus.NOT_MODIFIED.value, http.HTTPStatus.NOT_MODIFIED.phrase, headers, b"")
     # The page may talk only to its own origin, WebSocket included; the token sits in
     # sessionStorage, so no script from elsewhere may run here.
     host = header(request, "Host") or ""
     ws_sources = f" ws://{host} wss://{host}" if _HOST_PATTERN.fullmatch(host) else ""
-    return respond(http.HTTPStatus.OK, body, _CONTENT_TYPES[name.rsplit(".", 1)[-1]], head=head, extra=[
+    return respond(http.HTTPStatus.OK, body, found.content_type, head=head, cache=cache, extra=[
+        *validators,
         ("Content-Security-Policy",
          f"default-src 'self'; connect-src 'self'{ws_sources}; img-src 'self' data:; "
          "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"),

@@ -1,0 +1,99 @@
+// The composer: Enter sends, Shift+Enter breaks the line, Escape cancels a reply; a
+// counter appears near the server's length limit, and a draft over it cannot be sent.
+
+import { byId, el } from "../dom.js";
+
+const TYPING_SEND_EVERY_MS = 3000;
+const COUNTER_FROM = 0.9;  // show the counter past this share of the limit
+
+export class ComposerView {
+  // onSend(content, replyTo), onTyping(), onStopTyping(), onEscape() (nothing to cancel).
+  constructor(maxChars, { onSend, onTyping, onStopTyping, onEscape }) {
+    this.maxChars = maxChars;
+    this.form = byId("composer");
+    this.input = byId("input");
+    this.counter = byId("counter");
+    this.sendButton = byId("send");
+    this.replyBar = byId("reply-bar");
+    this.replyTo = null;
+    this.lastTypingSent = 0;
+    this.onSend = onSend;
+    this.form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
+    byId("reply-cancel").addEventListener("click", () => { this.clearReply(); this.input.focus(); });
+    this.input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.submit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        if (this.replyTo !== null) this.clearReply();
+        else onEscape();
+      }
+    });
+    this.input.addEventListener("input", () => {
+      this.updateCounter();
+      const now = Date.now();
+      if (this.input.value && now - this.lastTypingSent > TYPING_SEND_EVERY_MS) {
+        this.lastTypingSent = now;
+        onTyping();
+      }
+    });
+    this.input.addEventListener("blur", () => {
+      if (this.lastTypingSent) onStopTyping();
+      this.lastTypingSent = 0;
+    });
+  }
+
+  show(visible) {
+    this.form.hidden = !visible;
+    if (!visible) this.clearReply();
+  }
+
+  focus() {
+    this.input.focus();
+  }
+
+  length() {
+    // The server counts code points, as Python's len() does.
+    let count = 0;
+    for (const _ of this.input.value) count += 1;
+    return count;
+  }
+
+  updateCounter() {
+    const length = this.length();
+    const over = length > this.maxChars;
+    this.counter.hidden = length < this.maxChars * COUNTER_FROM;
+    this.counter.textContent = over
+      ? `${length} / ${this.maxChars} characters: ${length - this.maxChars} too many`
+      : `${length} / ${this.maxChars} characters`;
+    this.counter.classList.toggle("over", over);
+    this.input.setAttribute("aria-invalid", String(over));
+    this.sendButton.disabled = over;
+  }
+
+  submit() {
+    const content = this.input.value;
+    if (!content.trim() || this.length() > this.maxChars) return;
+    const sent = this.onSend(content, this.replyTo);
+    if (sent === false) return;
+    this.input.value = "";
+    this.lastTypingSent = 0;
+    this.clearReply();
+    this.updateCounter();
+  }
+
+  startReply(message) {
+    this.replyTo = message.id;
+    const quoted = el("bdi", "", message.content.slice(0, 80));
+    quoted.dir = "auto";
+    byId("reply-text").replaceChildren(`Replying to ${message.sender.username}: `, quoted);
+    this.replyBar.hidden = false;
+    this.input.focus();
+  }
+
+  clearReply() {
+    this.replyTo = null;
+    this.replyBar.hidden = true;
+  }
+}
