@@ -110,8 +110,8 @@ export class Connection {
     this.onFrame(frame, kind);
   }
 
+  // The owner signs out, which stops this connection (and clears the cookie) once.
   refused(reason) {
-    this.stop();
     this.onSignedOut(reason === "token expired" ? EXPIRED : REFUSED);
   }
 

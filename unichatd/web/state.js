@@ -30,8 +30,6 @@ export class Timeline {
   get lastId() { return this.messages.length ? this.messages[this.messages.length - 1].id : null; }
   get attached() { return this.loaded && !this.hasNewer; }
 
-  has(id) { return this.ids.has(id); }
-
   // A live message; true when it joined the window.
   addLive(message) {
     if (this.hasNewer) {

@@ -111,7 +111,7 @@ export class MessagesView {
     if (!wanted.has("divider")) this.divider.remove();
     for (const [key, entry] of this.nodes) {
       const source = wanted.get(key);
-      if (source === undefined || !this.current(entry, source)) {
+      if (source === undefined || !this.upToDate(entry, source)) {
         entry.node.remove();
         this.nodes.delete(key);
       }
@@ -134,7 +134,8 @@ export class MessagesView {
     }
   }
 
-  current(entry, source) {
+  // A pending send is redrawn when its status changes; a message when its object does.
+  upToDate(entry, source) {
     return source.signature === undefined ? entry.source === source : entry.source.signature === source.signature;
   }
 
