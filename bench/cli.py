@@ -14,13 +14,14 @@ from .fanout import scenario_ceiling, scenario_fanout
 from .history import scenario_history
 from .idle import scenario_idle
 from .mixed import DEFAULT_DURATION, scenario_mixed
+from .search import scenario_search
 
 # ---------------------------------------------------------------------------
 # Command line
 
 
 QUICK = {"rooms": 5, "members": 3, "duration": 2.0, "warmup": 0.5, "conns": 200, "idle_rooms": 10,
-         "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10,
+         "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10, "queries": 50,
          "ping_interval": 1.0}
 
 
@@ -29,7 +30,7 @@ MIXED_CONNS = 15_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "ceiling"])
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "search", "ceiling"])
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds (for CI)")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
@@ -47,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relay", action="store_true", help="idle: measure the bare relay instead")
     parser.add_argument("--ping-interval", type=float, default=None,
                         help="mixed: the server's ping_interval in the heartbeat-on run (default: its default)")
-    parser.add_argument("--messages", type=int, default=1_000_000, help="history: big room size")
-    parser.add_argument("--list-rooms", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=1_000_000,
+                        help="history: big room size; search: messages in all")
+    parser.add_argument("--list-rooms", type=int, default=200, help="history: rooms in the list; search: rooms")
+    parser.add_argument("--queries", type=int, default=1000, help="search: queries per searcher")
     parser.add_argument("--catchup", type=int, default=10_000)
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--lists", type=int, default=200)
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         result = scenario_mixed(args)
     elif scenario == "history":
         result = scenario_history(args)
+    elif scenario == "search":
+        result = scenario_search(args)
     else:
         result = scenario_ceiling(args)
     _print_table(result)

@@ -52,7 +52,8 @@ FILE_TIERS = {
     "test_regressions.py": "socket", "test_reliability.py": "socket", "test_smoke.py": "socket",
     "test_cli.py": "process", "test_hardening_cli.py": "process",
     "test_web.py": "browser", "test_web_access.py": "browser", "test_web_load.py": "browser",
-    "test_web_serving.py": "socket",
+    "test_web_lifecycle.py": "browser",
+    "test_web_serving.py": "socket", "test_lifecycle.py": "socket", "test_search_query.py": "unit",
     "test_bench.py": "bench",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}

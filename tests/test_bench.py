@@ -19,7 +19,7 @@ def _bench(*args: str) -> dict[str, object]:
     return result
 
 
-@pytest.mark.parametrize("scenario", ["fanout", "rate", "history", "idle"])
+@pytest.mark.parametrize("scenario", ["fanout", "rate", "history", "idle", "search"])
 def test_quick_scenario_completes_without_errors(scenario: str) -> None:
     """Each scenario's quick mode finishes, reports no errors, and measured something."""
     result = _bench(scenario, *(["--rate", "100"] if scenario == "rate" else []))
@@ -28,6 +28,11 @@ def test_quick_scenario_completes_without_errors(scenario: str) -> None:
         assert float(result["deliveries_per_s"]) > 0  # type: ignore[arg-type]
     elif scenario == "idle":
         assert result["connected"] == result["conns"]
+    elif scenario == "search":
+        every_room, few_rooms = result["every_room_results"], result["5_rooms_results"]
+        assert isinstance(every_room, int)
+        assert isinstance(few_rooms, int)
+        assert every_room > few_rooms > 0
     else:
         assert result["catchup_messages"] == 1000
 

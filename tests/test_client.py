@@ -97,6 +97,67 @@ async def test_reconnects_after_a_restart_and_catches_up_once_each(tmp_path: Pat
 
 
 @pytest.mark.asyncio
+async def test_edit_delete_react_thread_search_and_changes(tmp_path: Path) -> None:
+    """The v1.1 message requests, each through its ChatClient method."""
+    running = await start_server(make_config(tmp_path))
+    try:
+        room = await running.create_room("ops", [1, 2])
+        async with ChatClient(running.url, running.token(1, "bot")) as chat:
+            root = await chat.send(room, "deploy started")
+            edited = await chat.edit(room, root["id"], "deploy started on host-3")
+            assert edited["edited_at"] is not None
+            assert await chat.react(room, root["id"], "🚀") == [{"emoji": "🚀", "count": 1, "user_ids": [1]}]
+            assert await chat.react(room, root["id"], "🚀", add=False) == []
+            reply = await chat.send(room, "deploy finished", reply_to=root["id"])
+            thread = await chat.thread(room, root["id"])
+            assert [m["id"] for m in thread["messages"]] == [reply["id"]]
+            found = await chat.search("host", room_id=room)
+            assert [m["id"] for m in found["messages"]] == [root["id"]]
+            deleted = await chat.delete(room, reply["id"])
+            assert deleted["message_id"] == reply["id"]
+            changes = await chat.changes(room, root["revision"])
+            assert {m["id"] for m in changes["messages"]} == {root["id"], reply["id"]}
+            with pytest.raises(ClientRequestError) as caught:
+                await chat.edit(room, reply["id"], "again")
+            assert caught.value.code == "not_found"
+    finally:
+        await running.server.stop()
+
+
+@pytest.mark.asyncio
+async def test_changes_missed_while_away_come_out_after_a_reconnect(tmp_path: Path) -> None:
+    """An edit and a reaction made while the client was disconnected come out as
+    message_updated events once it reconnects (subscribe_room with since_revision)."""
+    config = make_config(tmp_path, server={"port": free_port()})
+    running = await start_server(config)
+    room = await running.create_room("ops", [1, 2])
+    reader = ChatClient(running.url, running.token(1), initial_backoff=0.05, max_backoff=0.2)
+    await reader.connect()
+    try:
+        await reader.subscribe(room)
+        async with ChatClient(running.url, running.token(2), reconnect=False) as writer:
+            first = await writer.send(room, "first")
+        async with asyncio.timeout(5):
+            while (await reader.next_event())["type"] != "new_message":
+                pass
+        await running.server.stop()
+        running = await start_server(config)
+        async with ChatClient(running.url, running.token(2), reconnect=False) as writer:
+            await writer.edit(room, first["id"], "first, edited")
+            await writer.react(room, first["id"], "👍")
+        async with asyncio.timeout(10):
+            event = await reader.next_event()
+            while event["type"] != "message_updated":
+                event = await reader.next_event()
+        assert event["message"]["content"] == "first, edited"
+        assert event["message"]["reactions"] == [{"emoji": "👍", "count": 1, "user_ids": [2]}]
+        assert reader.reconnects == 1
+    finally:
+        await reader.close()
+        await running.server.stop()
+
+
+@pytest.mark.asyncio
 async def test_refused_token_is_a_permanent_failure(tmp_path: Path) -> None:
     """A 4001 close is reported as ConnectionLost instead of retried forever."""
     running = await start_server(make_config(tmp_path))

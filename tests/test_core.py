@@ -22,7 +22,18 @@ from unichatd.chat import TYPING_TIMEOUT, Chat
 from unichatd.errors import CloseCode
 from unichatd.hub import Hub
 from unichatd.metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from unichatd.models import MembershipChange, Message, NewMessage, ReadResult, RoomRecord, Snapshot, Stored
+from unichatd.models import (
+    Change,
+    MembershipChange,
+    Message,
+    NewMessage,
+    ReadResult,
+    Refusal,
+    RoomRecord,
+    Snapshot,
+    Stored,
+)
+from unichatd.protocol.search import SearchTerm
 from unichatd.rooms import RoomDirectory
 from unichatd.session import Session
 from unichatd.stats import Stats
@@ -135,8 +146,34 @@ class FakeStore:
         found = [m for m in self.messages if m.room_id == room_id and m.id > (after_id or 0)]
         return found[:limit], len(found) > limit
 
-    async def message_room(self, message_id: int) -> int | None:
-        return next((m.room_id for m in self.messages if m.id == message_id), None)
+    async def reply_target(self, message_id: int) -> tuple[int, int] | None:
+        return next(((m.room_id, m.thread_root_id or m.id) for m in self.messages if m.id == message_id), None)
+
+    # The message lifecycle (protocol.md §6.1) is tested over real sockets and a real
+    # SQLite file (tests/test_lifecycle.py); this tier does not use it.
+
+    def edit_message(self, room_id: int, message_id: int, user_id: int, content: str,
+                     mentions: tuple[int, ...]) -> asyncio.Future[Change | Refusal]:
+        raise NotImplementedError("tests/test_lifecycle.py covers edits")
+
+    def delete_message(self, room_id: int, message_id: int, user_id: int) -> asyncio.Future[Change | Refusal]:
+        raise NotImplementedError("tests/test_lifecycle.py covers deletes")
+
+    def react(self, room_id: int, message_id: int, user_id: int, emoji: str,
+              add: bool) -> asyncio.Future[Change | Refusal]:
+        raise NotImplementedError("tests/test_lifecycle.py covers reactions")
+
+    async def thread(self, room_id: int, message_id: int, *, after_id: int | None,
+                     limit: int) -> tuple[Message, list[Message], bool] | None:
+        raise NotImplementedError("tests/test_lifecycle.py covers threads")
+
+    async def changes(self, room_id: int, *, since_revision: int, through_id: int | None,
+                      limit: int) -> tuple[list[Message], bool]:
+        raise NotImplementedError("tests/test_lifecycle.py covers changes")
+
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
+                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
+        raise NotImplementedError("tests/test_lifecycle.py and test_search_query.py cover search")
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         return []

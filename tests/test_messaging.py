@@ -41,9 +41,13 @@ REPLY_TYPES = (
 )
 MESSAGE_KEYS = {
     "id", "room_id", "content", "sender", "timestamp", "reply_to", "message_type", "client_msg_id",
+    # v1.1 (protocol.md §6.1)
+    "revision", "edited_at", "deleted", "reactions", "thread_root_id", "reply_count", "last_reply_at",
+    "mentions", "attachments",
 }
 ROOM_KEYS = {
     "id", "name", "room_type", "last_message_content", "last_message_time", "unread_count", "participants",
+    "mention_count", "owner_id",  # v1.1 (protocol.md §6.1, §6.2)
 }
 # The catch-up stream: messages, noise connections, pipelined sends per burst, max reader lag.
 STREAM_TOTAL, STREAM_NOISE, STREAM_BURST, STREAM_LAG = 4000, 4, 10, 40
@@ -666,7 +670,11 @@ async def test_message_ack_carries_the_full_message_object(chat: RunningServer) 
         "id": message["id"], "room_id": room, "content": "hi",
         "sender": {"id": 1, "username": "alice", "first_name": "Alice"},
         "timestamp": message["timestamp"], "reply_to": None, "message_type": "text", "client_msg_id": "c-1",
+        "revision": message["revision"], "edited_at": None, "deleted": False, "reactions": [],
+        "thread_root_id": None, "reply_count": 0, "last_reply_at": None, "mentions": [], "attachments": [],
     }
+    assert type(message["revision"]) is int
+    assert message["revision"] >= 1
     assert type(message["id"]) is int
     assert message["id"] >= 1
     assert before <= parse_ts(message["timestamp"]) <= datetime.now(UTC)
@@ -1127,7 +1135,7 @@ async def test_room_object_has_spec_shape(chat: RunningServer) -> None:
     team = by_id[room]
     assert {k: v for k, v in team.items() if k != "participants"} == {
         "id": room, "name": "Team", "room_type": "group", "last_message_content": "latest",
-        "last_message_time": message["timestamp"], "unread_count": 1,
+        "last_message_time": message["timestamp"], "unread_count": 1, "mention_count": 0, "owner_id": None,
     }
     assert sorted(team["participants"], key=lambda p: p["id"]) == [
         {"id": 1, "username": "alice"}, {"id": 2, "username": "bob"},

@@ -31,6 +31,9 @@ TOO_BIG = 2**63
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 MESSAGE_KEYS = {
     "id", "room_id", "content", "sender", "timestamp", "reply_to", "message_type", "client_msg_id",
+    # v1.1 (protocol.md §6.1)
+    "revision", "edited_at", "deleted", "reactions", "thread_root_id", "reply_count", "last_reply_at",
+    "mentions", "attachments",
 }
 
 
@@ -634,7 +637,8 @@ def test_message_object_values() -> None:
         "id": 11, "room_id": 3, "content": "hello",
         "sender": {"id": 42, "username": "john", "first_name": "John"},
         "timestamp": "2025-10-25T10:30:00.123Z", "reply_to": None, "message_type": "text",
-        "client_msg_id": None,
+        "client_msg_id": None, "revision": 0, "edited_at": None, "deleted": False, "reactions": [],
+        "thread_root_id": None, "reply_count": 0, "last_reply_at": None, "mentions": [], "attachments": [],
     }
 
 

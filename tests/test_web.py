@@ -48,7 +48,8 @@ async def test_replies_quote_and_read_receipts_show(browser: Any, chat_server: R
     await bob.bring_to_front()  # bob reads: his page is visible and focused
     await enter_room(bob, "general")
     original = bob.locator("#message-list .message", has_text="lunch at noon?")
-    await original.locator("button", has_text="reply").click()
+    await original.hover()  # a message's actions show while it is hovered or focused
+    await original.get_by_role("button", name="Reply to alice").click()
     await expect(bob.locator("#reply-bar")).to_be_visible()
     await say(bob, "yes!")
     reply = alice.locator("#message-list .message", has_text="yes!")

@@ -68,12 +68,37 @@ async def test_no_axe_violations_in_any_view(browser: Any, chat_server: RunningS
     await carol.request({"type": "mark_read", "room_id": 1}, "read_marked")
     await carol.close()
     await page.locator("#message-list .receipt").wait_for(timeout=WAIT_MS)
-    await page.locator("#message-list .message", has_text="see you").locator("button").click()
+    see_you = page.locator("#message-list .message", has_text="see you")
+    await see_you.hover()
+    await see_you.get_by_role("button", name="Reply to bob").click()
     await page.locator("#input").fill("x" * 3700)  # the counter shows
     await page.locator("#counter").wait_for(timeout=WAIT_MS)
     found["room"] = await axe_violations(page)
     await page.screenshot(path=str(SCREENSHOTS / f"room-{scheme}-{size}.png"))
-    assert found == {"sign-in": [], "room list": [], "room": []}
+    # The message features: its actions with the emoji palette open, reactions under it,
+    # the thread panel, the @ list, search results.
+    await page.locator("#input").fill("")
+    await see_you.hover()
+    await see_you.get_by_role("button", name="React to bob").click()
+    await see_you.get_by_role("button", name="React with 🎉").wait_for(timeout=WAIT_MS)
+    found["actions"] = await axe_violations(page)
+    await see_you.get_by_role("button", name="React with 🎉").click()
+    await see_you.locator(".reaction").wait_for(timeout=WAIT_MS)
+    await see_you.hover()
+    await see_you.get_by_role("button", name="Reply in thread to bob").click()
+    await page.locator("#thread .message.root").wait_for(timeout=WAIT_MS)
+    await page.locator("#thread-input").fill("@")
+    await page.locator("#thread-mention-list [role=option]").first.wait_for(timeout=WAIT_MS)
+    found["thread"] = await axe_violations(page)
+    await page.locator("#thread-input").press("Escape")
+    await page.locator("#thread-close").click()
+    if size == "phone":
+        await page.locator("#back").click()
+    await page.locator("#search-input").fill("see")
+    await page.locator("#search-input").press("Enter")
+    await page.locator("#search-list mark").first.wait_for(timeout=WAIT_MS)
+    found["search"] = await axe_violations(page)
+    assert found == {"sign-in": [], "room list": [], "room": [], "actions": [], "thread": [], "search": []}
 
 
 async def test_the_axe_check_sees_a_contrast_failure(browser: Any, chat_server: RunningServer) -> None:
@@ -127,6 +152,8 @@ async def test_keyboard_only_sign_in_rooms_reply_and_escape(browser: Any, chat_s
     await page.keyboard.press("ArrowUp")
     await expect(focused).to_contain_text("note 198")
     await page.keyboard.press("Tab")
+    await expect(focused).to_have_attribute("aria-label", "React to bob")
+    await page.keyboard.press("Tab")
     await expect(focused).to_have_attribute("aria-label", "Reply to bob")
     await page.keyboard.press("Enter")
     await expect(page.locator("#reply-bar")).to_contain_text("note 198")
@@ -147,7 +174,9 @@ async def test_focus_stays_put_while_messages_arrive(browser: Any, chat_server: 
     await fill_room(chat_server, general, 2, "bob", ["first"])
     page = await open_page(browser, chat_server, 1, "alice")
     await enter_room(page, "general")
-    reply = page.locator("#message-list .message", has_text="first").locator("button")
+    first = page.locator("#message-list .message", has_text="first")
+    await first.focus()  # (its actions show while it holds the focus)
+    reply = first.get_by_role("button", name="Reply to bob")
     await reply.focus()
     await fill_room(chat_server, general, 2, "bob", [f"more {n}" for n in range(5)])
     await fill_room(chat_server, 2, 2, "bob", ["elsewhere"])  # the room list reorders
@@ -187,13 +216,16 @@ async def test_a_new_message_is_announced_alone(browser: Any, chat_server: Runni
     await page.locator("#message-list .message", has_text="earlier 199").wait_for(timeout=WAIT_MS)
     live = await page.locator("[aria-live], [role=log], [role=status], [role=alert]").evaluate_all(
         "nodes => nodes.map((n) => n.id)")
-    assert live == ["signin-message", "conn-state", "room-conn", "messages", "typing", "counter"]
+    assert live == ["signin-message", "conn-state", "search-summary", "room-conn", "messages", "typing",
+                    "room-notice", "counter"]
     # One connection state is rendered at a time (the room's own copy on a phone only).
     assert await page.locator("#room-conn").is_hidden()
+    # What is rendered (innerText): a message's actions are hidden until it is hovered or
+    # focused, and hidden content is not in the accessibility tree either.
     await page.evaluate("""() => {
         window.added = [];
         new MutationObserver((records) => { for (const r of records) for (const n of r.addedNodes) {
-            window.added.push(n.textContent); } })
+            window.added.push(n.innerText ?? n.textContent); } })
           .observe(document.getElementById('messages'), { childList: true, subtree: true, characterData: true });
     }""")
     await fill_room(chat_server, room, 2, "bob", ["just now"])
@@ -248,7 +280,8 @@ async def test_phone_width_fits_long_replies_and_keeps_the_last_message_visible(
         "nodes => nodes.map((n) => { const r = n.getBoundingClientRect(); return [r.left, r.right]; })")
     assert all(left >= 0 and right <= PHONE["width"] for left, right in boxes), boxes
     last = page.locator("#message-list .message").last
-    await last.locator("button").click()
+    await last.hover()
+    await last.get_by_role("button", name="Reply to bob").click()
     await expect(page.locator("#reply-bar")).to_be_visible()
     await page.wait_for_timeout(200)
     message_box, list_box = await last.bounding_box(), await page.locator("#messages").bounding_box()
@@ -331,7 +364,9 @@ async def test_buttons_are_big_enough_to_hit(browser: Any, chat_server: RunningS
         page = await open_page(browser, chat_server, 1, "alice", viewport=PHONE, **context)
         await enter_room(page, "general")
         await page.locator("#message-list .message").first.wait_for(timeout=WAIT_MS)
-        await page.locator("#message-list .message button").first.click()
+        tap_me = page.locator("#message-list .message", has_text="tap me")
+        await tap_me.focus()  # its actions show
+        await tap_me.get_by_role("button", name="React to bob").click()  # and the emoji palette
         sizes = await page.locator("button:visible").evaluate_all(
             "nodes => nodes.map((n) => [n.textContent || n.getAttribute('aria-label'), n.offsetWidth, n.offsetHeight])")
         small = [size for size in sizes if size[1] < minimum or size[2] < minimum]

@@ -25,7 +25,7 @@ from .interfaces import Broker, Connection, MessageStore
 from .limits import TokenBucket
 from .log import switches
 from .maintenance import MembershipFeed, Retention
-from .models import NewMessage, ReadResult, Stored
+from .models import Change, NewMessage, ReadResult, Refusal, Stored
 from .rooms import RoomDirectory
 from .stats import Stats
 from .updates import RoomUpdates
@@ -34,6 +34,17 @@ log = structlog.get_logger("unichatd.chat")
 
 TYPING_TIMEOUT = 6.0
 REMOVED_FROM_ROOM = "removed_from_room"
+SNIPPET_CHARS = 200
+
+
+def _clip_snippet(snippet: str) -> str:
+    """At most SNIPPET_CHARS characters, never ending inside a ``[match]``."""
+    if len(snippet) <= SNIPPET_CHARS:
+        return snippet
+    clipped = snippet[: SNIPPET_CHARS - 1]
+    if clipped.rfind("[") > clipped.rfind("]"):
+        clipped = clipped[: clipped.rfind("[")]
+    return clipped.rstrip() + "…"
 
 
 class Chat:
@@ -162,19 +173,23 @@ class Chat:
         if wait_ms:
             raise RateLimited(wait_ms, room_id=request.room_id)
         await self.ensure_access(request.room_id, user_id)
+        thread_root_id = None
         if request.reply_to is not None:
-            if await self.store.message_room(request.reply_to) != request.room_id:
+            target = await self.store.reply_target(request.reply_to)
+            if target is None or target[0] != request.room_id:
                 raise ClientError(ErrorCode.NOT_FOUND, "reply_to is not a message of this room",
                                   room_id=request.room_id)
+            thread_root_id = target[1]
             # The membership may have changed while the store was asked.
             self.check_access(request.room_id, user_id)
         identity = connection.identity
         return self.store.append_message(NewMessage(
             request.room_id, user_id, identity.username, identity.first_name,
-            request.content, request.reply_to, request.client_msg_id,
+            request.content, request.reply_to, request.client_msg_id, thread_root_id,
+            self.directory.mentioned(request.room_id, request.content),
         ))
 
-    def message_stored(self, connection: Connection, stored: Stored, wire: dict[str, Any]) -> None:
+    def message_stored(self, connection: Connection, stored: Stored, wire: bytes) -> None:
         """After the commit (and the sender's ack): fan the new message out."""
         if not stored.created:
             return
@@ -189,7 +204,91 @@ class Chat:
         self.stats.deliveries += self.broker.publish(
             message.room_id, protocol.new_message_frame(message, wire), message_id=message.id
         )
+        if stored.thread is not None:
+            self.broker.publish(message.room_id, protocol.thread_updated_frame(message.room_id, stored.thread))
         self.updates.room_changed(message.room_id)
+
+    # -- changes to messages -------------------------------------------------------
+
+    async def edit_message(self, connection: Connection, request: protocol.EditMessage,
+                           answer: Callable[[bytes], None]) -> None:
+        room_id, user_id = request.room_id, connection.user_id
+        await self.ensure_access(room_id, user_id)
+        outcome = await self.store.edit_message(room_id, request.message_id, user_id, request.content,
+                                                self.directory.mentioned(room_id, request.content))
+        change = self._accepted(outcome, room_id, "edit")
+        relist = self.directory.record_change(change)
+        answer(protocol.message_updated_frame(change.message, request.request_id))
+        self.broker.publish(room_id, protocol.message_updated_frame(change.message))
+        if relist:
+            self.updates.room_changed(room_id)
+
+    async def delete_message(self, connection: Connection, request: protocol.DeleteMessage,
+                             answer: Callable[[bytes], None]) -> None:
+        room_id, user_id = request.room_id, connection.user_id
+        await self.ensure_access(room_id, user_id)
+        change = self._accepted(await self.store.delete_message(room_id, request.message_id, user_id),
+                                room_id, "delete")
+        relist = change.changed and self.directory.record_change(change)
+        answer(protocol.message_deleted_frame(change.message, request.request_id))
+        if change.changed:
+            self.broker.publish(room_id, protocol.message_deleted_frame(change.message))
+        if relist:
+            self.updates.room_changed(room_id)
+
+    async def react(self, connection: Connection, request: protocol.React, answer: Callable[[bytes], None]) -> None:
+        room_id, user_id = request.room_id, connection.user_id
+        await self.ensure_access(room_id, user_id)
+        change = self._accepted(
+            await self.store.react(room_id, request.message_id, user_id, request.emoji, request.add),
+            room_id, "react to")
+        answer(protocol.reactions_updated_frame(change.message, request.request_id))
+        if change.changed:
+            self.broker.publish(room_id, protocol.reactions_updated_frame(change.message))
+
+    @staticmethod
+    def _accepted(outcome: Change | Refusal, room_id: int, verb: str) -> Change:
+        if isinstance(outcome, Change):
+            return outcome
+        if outcome is Refusal.FORBIDDEN:
+            raise ClientError(ErrorCode.FORBIDDEN, f"you may not {verb} someone else's message", room_id=room_id)
+        if outcome is Refusal.TOO_MANY_REACTIONS:
+            raise ClientError(ErrorCode.INVALID_MESSAGE,
+                              f"a message holds at most {protocol.MAX_REACTIONS} different emoji", room_id=room_id)
+        raise ClientError(ErrorCode.NOT_FOUND, "no such message in this room", room_id=room_id)
+
+    # -- threads, search, changes --------------------------------------------------
+
+    async def thread(self, connection: Connection, request: protocol.GetThread) -> bytes:
+        await self.ensure_access(request.room_id, connection.user_id)
+        found = await self.store.thread(request.room_id, request.message_id, after_id=request.after_id,
+                                        limit=request.limit)
+        if found is None:
+            raise ClientError(ErrorCode.NOT_FOUND, "no such message in this room", room_id=request.room_id)
+        root, replies, has_more = found
+        return protocol.thread_frame(root, replies, has_more, request.request_id)
+
+    async def search(self, connection: Connection, request: protocol.SearchMessages) -> bytes:
+        user_id = connection.user_id
+        if request.room_id is not None:
+            await self.ensure_access(request.room_id, user_id)
+            room_ids: tuple[int, ...] = (request.room_id,)
+        else:
+            room_ids = self.directory.rooms_of(user_id)
+        if not room_ids:
+            return protocol.search_results_frame(request.query, [], False, request.request_id)
+        hits, has_more = await self.store.search(room_ids, request.terms, before_id=request.before_id,
+                                                 limit=request.limit)
+        # A room the user left while the index was read is not theirs to search any more.
+        visible = [(message, _clip_snippet(snippet)) for message, snippet in hits
+                   if self.directory.is_participant(message.room_id, user_id)]
+        return protocol.search_results_frame(request.query, visible, has_more, request.request_id)
+
+    async def changes(self, connection: Connection, request: protocol.GetChanges) -> bytes:
+        await self.ensure_access(request.room_id, connection.user_id)
+        messages, has_more = await self.store.changes(request.room_id, since_revision=request.since_revision,
+                                                      through_id=None, limit=request.limit)
+        return protocol.changes_frame(request.room_id, messages, has_more, request.request_id)
 
     # -- read markers ----------------------------------------------------------
 
@@ -202,8 +301,10 @@ class Chat:
         result = await self.store.mark_read(room_id, user_id, request.message_ids)
         if result is None:  # removed from the room while the request waited
             raise ClientError.access_denied(room_id)
-        changed_unread = self.directory.unread(room_id, user_id) != result.unread_count
-        self.directory.record_read(room_id, user_id, result.last_read_id, result.unread_count)
+        directory = self.directory
+        changed_unread = (directory.unread(room_id, user_id) != result.unread_count
+                          or directory.mention_count(room_id, user_id) != result.mention_count)
+        directory.record_read(room_id, user_id, result.last_read_id, result.unread_count, result.mention_count)
         answer(result)
         if result.moved:
             self.broker.publish(room_id, protocol.message_read_frame(

@@ -22,7 +22,7 @@ import itertools
 import random
 import ssl as ssl_module
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -85,6 +85,12 @@ class ChatClient:
         self._events: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._rooms: dict[int, int] = {}
         """Subscribed room → the largest message id seen in it."""
+        self._revisions: dict[int, int] = {}
+        """Subscribed room → the largest revision seen in it (edits and reactions missed
+        while disconnected come back as ``message_updated`` events)."""
+        self._unfinished_changes: dict[int, int] = {}
+        """Room → the newest revision seen while the changes missed are still being paged
+        in (``_revisions`` stays at what the pages reached, in case the paging breaks off)."""
         self._ids = itertools.count(1)
         self._connected = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -183,8 +189,10 @@ class ChatClient:
                 try:
                     # A copy: subscribe() may add a room while the re-subscribes are written.
                     for room_id, last_id in tuple(self._rooms.items()):
-                        await self._write({"type": "subscribe_room", "room_id": room_id,
-                                           "last_message_id": last_id})
+                        frame = {"type": "subscribe_room", "room_id": room_id, "last_message_id": last_id}
+                        if room_id in self._revisions:
+                            frame["since_revision"] = self._revisions[room_id]
+                        await self._write(frame)
                 except websockets.ConnectionClosed:
                     continue  # lost again while catching up: back round the loop
                 self.reconnects += 1
@@ -200,17 +208,25 @@ class ChatClient:
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         request_id = frame.get("request_id")
+        if kind != "error" and "room_id" in frame:
+            carried = frame.get("message")
+            revision = frame.get("revision", carried.get("revision") if isinstance(carried, dict) else None)
+            if isinstance(revision, int):
+                self._saw_revision(frame["room_id"], revision)
         if kind == "history" and request_id is None:
-            # The catch-up of a (re)subscribe: hand the missed messages on as live ones.
+            # The catch-up of a (re)subscribe: changes first, then the missed messages as live ones.
+            for changed in frame.get("changed", ()):
+                self._emit_change(changed)
+            if frame.get("changed_has_more") and frame.get("changed"):
+                self._unfinished_changes[frame["room_id"]] = 0
+                self._in_background(self._changes_on(frame["room_id"], frame["changed"][-1]["revision"]))
             messages = frame.get("messages", [])
             for message in messages:
                 self._emit_message(message)
             if frame.get("has_more") and messages:
                 # Live messages of this room wait until the pages before them are out.
                 self._paging[frame["room_id"]] = []
-                task = asyncio.ensure_future(self._page_on(frame["room_id"], messages[-1]["id"]))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._in_background(self._page_on(frame["room_id"], messages[-1]["id"]))
             return
         if isinstance(request_id, str) and request_id in self._pending:
             future = self._pending.pop(request_id)
@@ -241,8 +257,50 @@ class ChatClient:
             for message in self._paging.pop(room_id, []):
                 self._emit_message(message)  # (those the pages already carried are skipped)
 
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _changes_on(self, room_id: int, since_revision: int) -> None:
+        """Fetch the rest of the changes missed, past what the catch-up carried."""
+        finished = False
+        try:
+            with contextlib.suppress(Disconnected, ClientRequestError, TimeoutError):
+                while True:
+                    page = await self.changes(room_id, since_revision)
+                    for message in page["messages"]:
+                        if message["id"] <= self._rooms.get(room_id, 0):
+                            self._emit_change(message)
+                    if page["messages"]:
+                        since_revision = page["messages"][-1]["revision"]
+                        self._raise_revision(room_id, since_revision)
+                    if not page["has_more"] or not page["messages"]:
+                        finished = True
+                        return
+        finally:
+            newest = self._unfinished_changes.pop(room_id, 0)
+            if finished:  # (else the next catch-up starts again from what the pages reached)
+                self._raise_revision(room_id, newest)
+
+    def _saw_revision(self, room_id: int, revision: int) -> None:
+        if room_id in self._unfinished_changes:
+            self._unfinished_changes[room_id] = max(self._unfinished_changes[room_id], revision)
+        else:
+            self._raise_revision(room_id, revision)
+
+    def _raise_revision(self, room_id: int, revision: int) -> None:
+        if room_id in self._rooms and revision > self._revisions.get(room_id, 0):
+            self._revisions[room_id] = revision
+
+    def _emit_change(self, message: dict[str, Any]) -> None:
+        self._saw_revision(message["room_id"], message["revision"])
+        self._events.put_nowait({"type": "message_updated", "room_id": message["room_id"], "message": message})
+
     def _emit_message(self, message: dict[str, Any]) -> None:
         room_id, message_id = message["room_id"], message["id"]
+        if "revision" in message:
+            self._saw_revision(room_id, message["revision"])
         if room_id in self._rooms:
             if message_id <= self._rooms[room_id]:
                 return  # already handed out
@@ -297,6 +355,8 @@ class ChatClient:
 
     async def unsubscribe(self, room_id: int) -> dict[str, Any]:
         self._rooms.pop(room_id, None)
+        self._revisions.pop(room_id, None)
+        self._unfinished_changes.pop(room_id, None)
         return await self.request({"type": "unsubscribe_room", "room_id": room_id})
 
     async def send(self, room_id: int, content: str, *, reply_to: int | None = None,
@@ -328,6 +388,44 @@ class ChatClient:
         frame: dict[str, Any] = {"type": "mark_read", "room_id": room_id}
         if message_ids:
             frame["message_ids"] = message_ids
+        return await self.request(frame)
+
+    async def edit(self, room_id: int, message_id: int, content: str) -> dict[str, Any]:
+        """Replace the text of one's own message; returns the edited message."""
+        reply = await self.request({"type": "edit_message", "room_id": room_id, "message_id": message_id,
+                                    "content": content})
+        message: dict[str, Any] = reply["message"]
+        return message
+
+    async def delete(self, room_id: int, message_id: int) -> dict[str, Any]:
+        """Delete a message (one's own, or any in a room one owns); it stays as a tombstone."""
+        return await self.request({"type": "delete_message", "room_id": room_id, "message_id": message_id})
+
+    async def react(self, room_id: int, message_id: int, emoji: str, *, add: bool = True) -> list[dict[str, Any]]:
+        """Add (or with ``add=False`` remove) one's emoji; returns the message's reactions."""
+        reply = await self.request({"type": "add_reaction" if add else "remove_reaction", "room_id": room_id,
+                                    "message_id": message_id, "emoji": emoji})
+        reactions: list[dict[str, Any]] = reply["reactions"]
+        return reactions
+
+    async def thread(self, room_id: int, message_id: int, **paging: int) -> dict[str, Any]:
+        """The thread ``message_id`` belongs to: ``root``, ``messages`` (replies), ``has_more``."""
+        return await self.request({"type": "get_thread", "room_id": room_id, "message_id": message_id, **paging})
+
+    async def search(self, query: str, *, room_id: int | None = None, before_id: int | None = None,
+                     limit: int | None = None) -> dict[str, Any]:
+        """Full-text search over one's rooms: ``messages`` newest first, each with a ``snippet``."""
+        frame: dict[str, Any] = {"type": "search_messages", "query": query}
+        for name, value in (("room_id", room_id), ("before_id", before_id), ("limit", limit)):
+            if value is not None:
+                frame[name] = value
+        return await self.request(frame)
+
+    async def changes(self, room_id: int, since_revision: int, *, limit: int | None = None) -> dict[str, Any]:
+        """The room's messages changed after ``since_revision``, in revision order."""
+        frame: dict[str, Any] = {"type": "get_changes", "room_id": room_id, "since_revision": since_revision}
+        if limit is not None:
+            frame["limit"] = limit
         return await self.request(frame)
 
     async def ping(self) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_FRAME = "unsupported_frame"
     ACCESS_DENIED = "access_denied"
     NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    """The user may see the room but may not do this (protocol.md §6.1)."""
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
 

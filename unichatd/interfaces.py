@@ -11,7 +11,8 @@ from typing import Protocol, TypeVar
 
 from .auth import Identity
 from .metrics import Histogram
-from .models import MembershipChange, Message, NewMessage, ReadResult, Snapshot, Stored
+from .models import Change, MembershipChange, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored
+from .protocol.search import SearchTerm
 
 
 class MessageStore(Protocol):
@@ -41,6 +42,17 @@ class MessageStore(Protocol):
         self, room_id: int, user_id: int, message_ids: Sequence[int]
     ) -> asyncio.Future[ReadResult | None]: ...
 
+    def edit_message(self, room_id: int, message_id: int, user_id: int, content: str,
+                     mentions: tuple[int, ...]) -> asyncio.Future[Change | Refusal]:
+        """Replace a message's content (its sender only)."""
+
+    def delete_message(self, room_id: int, message_id: int, user_id: int) -> asyncio.Future[Change | Refusal]:
+        """Leave a tombstone (the sender, or the room's owner)."""
+
+    def react(self, room_id: int, message_id: int, user_id: int, emoji: str,
+              add: bool) -> asyncio.Future[Change | Refusal]:
+        """Add or remove the user's emoji on a message."""
+
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]: ...
 
     def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]: ...
@@ -54,7 +66,18 @@ class MessageStore(Protocol):
         self, room_id: int, *, before_id: int | None, after_id: int | None, limit: int
     ) -> tuple[list[Message], bool]: ...
 
-    async def message_room(self, message_id: int) -> int | None: ...
+    async def reply_target(self, message_id: int) -> tuple[int, int] | None:
+        """(room, thread root) of the message a reply answers; None when there is none."""
+
+    async def thread(self, room_id: int, message_id: int, *, after_id: int | None,
+                     limit: int) -> tuple[Message, list[Message], bool] | None: ...
+
+    async def changes(self, room_id: int, *, since_revision: int, through_id: int | None,
+                      limit: int) -> tuple[list[Message], bool]: ...
+
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
+                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
+        """Messages of these rooms matching every term, newest first, each with its snippet."""
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
 

@@ -8,13 +8,19 @@ each committed write, applied in commit order (see ``chat``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
-from .models import Message, RoomRecord, Snapshot
+from .models import Change, Message, RoomRecord, Snapshot
 from .protocol import format_timestamp
 
 PREVIEW_CHARS = 200
 """How much of the last message a room list shows."""
+
+
+_MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
+"""``@name`` not inside a word or an e-mail address; a trailing dot or dash ends the sentence."""
 
 
 def preview(content: str) -> str:
@@ -62,16 +68,84 @@ class RoomDirectory:
         for user_id in room.markers:
             if user_id != message.sender_id:
                 unread[user_id] = unread.get(user_id, 0) + 1
+        if message.mentions:
+            self._count_mentions(room, message, message.mentions, 1)
 
-    def record_read(self, room_id: int, user_id: int, marker: int, unread_count: int) -> None:
+    def record_change(self, change: Change) -> bool:
+        """A committed edit or delete; True when some room list shows the room differently
+        (its preview, or someone's unread or mention count)."""
+        room = self.rooms.get(change.message.room_id)
+        if room is None:
+            return False
+        before, after = change.before, change.message
+        relisted = False
+        if after.deleted and not before.deleted:
+            # The tombstone is no longer unread for anyone whose marker is below it.
+            for user_id, marker in room.markers.items():
+                if user_id != before.sender_id and marker < before.id:
+                    room.unread[user_id] = max(0, room.unread.get(user_id, 0) - 1)
+                    relisted = True
+        if before.mentions != after.mentions:
+            relisted |= self._count_mentions(room, before, before.mentions, -1)
+            relisted |= self._count_mentions(room, after, after.mentions, 1)
+        last = room.last_message
+        if last is not None and last.id == after.id:
+            room.last_message = change.latest if after.deleted else after
+            relisted = True
+        return relisted
+
+    @staticmethod
+    def _count_mentions(room: RoomRecord, message: Message, user_ids: Iterable[int], step: int) -> bool:
+        """Mentions above a participant's marker are theirs to read; True when a count moved."""
+        mentions = room.mentions
+        moved = False
+        for user_id in user_ids:
+            marker = room.markers.get(user_id)
+            if marker is not None and marker < message.id and user_id != message.sender_id:
+                count = mentions.get(user_id, 0) + step
+                if count > 0:
+                    mentions[user_id] = count
+                else:
+                    mentions.pop(user_id, None)
+                moved = True
+        return moved
+
+    def record_read(self, room_id: int, user_id: int, marker: int, unread_count: int, mention_count: int = 0) -> None:
         room = self.rooms.get(room_id)
         if room is not None and user_id in room.markers:
             room.markers[user_id] = marker
             room.unread[user_id] = unread_count
+            if mention_count:
+                room.mentions[user_id] = mention_count
+            else:
+                room.mentions.pop(user_id, None)
 
     def unread(self, room_id: int, user_id: int) -> int:
         room = self.rooms.get(room_id)
         return room.unread.get(user_id, 0) if room is not None else 0
+
+    def mention_count(self, room_id: int, user_id: int) -> int:
+        room = self.rooms.get(room_id)
+        return room.mentions.get(user_id, 0) if room is not None else 0
+
+    def rooms_of(self, user_id: int) -> tuple[int, ...]:
+        """The rooms the user is a participant of."""
+        return tuple(self._user_rooms.get(user_id, ()))
+
+    def owner(self, room_id: int) -> int | None:
+        room = self.rooms.get(room_id)
+        return room.owner_id if room is not None else None
+
+    def mentioned(self, room_id: int, content: str) -> tuple[int, ...]:
+        """The participants ``content`` names as ``@username`` (case-insensitively)."""
+        if "@" not in content:
+            return ()
+        names = {match.group(1).rstrip(".-").casefold() for match in _MENTION.finditer(content)}
+        if not names:
+            return ()
+        users = self.users
+        return tuple(user_id for user_id in self.participants(room_id)
+                     if user_id in users and users[user_id][0].casefold() in names)
 
     def room_state(self, room_id: int, user_id: int) -> dict[str, Any]:
         """The fields of ``room_updated`` that a room list shows, as ``user_id`` sees them."""
@@ -82,6 +156,7 @@ class RoomDirectory:
             "last_message_content": preview(last.content) if last else None,
             "last_message_time": format_timestamp(last.created_ms) if last else None,
             "unread_count": room.unread.get(user_id, 0),
+            "mention_count": room.mentions.get(user_id, 0),
         }
 
     def room_object(self, room_id: int, user_id: int) -> dict[str, Any]:
@@ -94,6 +169,8 @@ class RoomDirectory:
             "last_message_content": state["last_message_content"],
             "last_message_time": state["last_message_time"],
             "unread_count": state["unread_count"],
+            "mention_count": state["mention_count"],
+            "owner_id": room.owner_id,
             "participants": [
                 {"id": uid, "username": self.users.get(uid, (f"user{uid}", ""))[0]}
                 for uid in room.markers

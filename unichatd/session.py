@@ -296,6 +296,10 @@ class Session:
             messages, has_more = await chat.store.history(
                 room_id, before_id=None, after_id=after_id, limit=CATCH_UP_LIMIT
             )
+            changed = None
+            if request.since_revision is not None:
+                changed = await chat.store.changes(room_id, since_revision=request.since_revision,
+                                                   through_id=after_id, limit=CATCH_UP_LIMIT)
             # Removed from the room while the read ran (and told `unsubscribed` already)?
             chat.check_access(room_id, self.user_id)
             if not chat.broker.is_subscribed(room_id, self):
@@ -311,7 +315,7 @@ class Session:
                       caught_up=len(messages))
         self.send(protocol.subscribed_frame(room_id, request.request_id))
         truncated = chat.pruned_through(room_id) > after_id
-        self.send(protocol.history_frame(room_id, messages, has_more, None, truncated=truncated))
+        self.send(protocol.history_frame(room_id, messages, has_more, None, truncated=truncated, changed=changed))
         for frame in catch_up.release(messages, after_id):
             self.send(frame)
         if catch_up.finished and self._catch_ups.get(room_id) is catch_up:
@@ -342,7 +346,7 @@ class Session:
             self._fulfil(slot, protocol.error_frame(error))
             return
         stored = future.result()
-        wire = protocol.message_object(stored.message)
+        wire = protocol.encoded_message(stored.message)
         self._fulfil(slot, protocol.message_ack_frame(stored.message, request.request_id, wire))
         self.chat.message_stored(self, stored, wire)
 
@@ -389,6 +393,24 @@ class Session:
         self._schedule_expiry()
         self.reply(protocol.token_refreshed_frame(identity.expires_at, request.request_id))
 
+    def _edit_message(self, request: protocol.EditMessage) -> Awaitable[None]:
+        return self.chat.edit_message(self, request, self.reply)
+
+    def _delete_message(self, request: protocol.DeleteMessage) -> Awaitable[None]:
+        return self.chat.delete_message(self, request, self.reply)
+
+    def _react(self, request: protocol.React) -> Awaitable[None]:
+        return self.chat.react(self, request, self.reply)
+
+    async def _thread(self, request: protocol.GetThread) -> None:
+        self.reply(await self.chat.thread(self, request))
+
+    async def _search(self, request: protocol.SearchMessages) -> None:
+        self.reply(await self.chat.search(self, request))
+
+    async def _changes(self, request: protocol.GetChanges) -> None:
+        self.reply(await self.chat.changes(self, request))
+
     def _ping(self, request: protocol.Ping) -> None:
         self.reply(protocol.pong_frame(request.request_id))
 
@@ -412,6 +434,12 @@ _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.GetRoomList: Session._room_list,
     protocol.GetHistory: Session._history,
     protocol.RefreshToken: Session._refresh_token,
+    protocol.EditMessage: Session._edit_message,
+    protocol.DeleteMessage: Session._delete_message,
+    protocol.React: Session._react,
+    protocol.GetThread: Session._thread,
+    protocol.SearchMessages: Session._search,
+    protocol.GetChanges: Session._changes,
     protocol.Ping: Session._ping,
     protocol.Help: Session._help,
     protocol.WhoAmI: Session._whoami,

@@ -59,7 +59,7 @@ class RoomUpdates(Generic[R]):
         self._order: collections.deque[tuple[R, _Owed]] = collections.deque()
         """Connections in the order they became owed; entries already sent are skipped."""
         self._timer: Timer | None = None
-        self._encoders: dict[int, tuple[float, tuple[int, str], protocol.RoomUpdateEncoder]] = {}
+        self._encoders: dict[int, tuple[float, tuple[int, int, str], protocol.RoomUpdateEncoder]] = {}
 
     def room_changed(self, room_id: int) -> None:
         """Every participant's room list shows this room differently now."""
@@ -102,12 +102,13 @@ class RoomUpdates(Generic[R]):
             # Most of a room_updated is the same for every participant: encode it once
             # per room and state.
             room = directory.rooms[room_id]
-            key = (room.last_message.id if room.last_message is not None else 0, room.name)
+            last = room.last_message
+            key = (last.id if last is not None else 0, last.revision if last is not None else 0, room.name)
             cached = self._encoders.get(room_id)
             if cached is None or cached[1] != key or now - cached[0] > ENCODER_REUSE:
                 cached = (now, key, protocol.RoomUpdateEncoder(room_id, directory.room_state(room_id, user_id)))
                 self._encoders[room_id] = cached
-            connection.send(cached[2].frame(directory.unread(room_id, user_id)))
+            connection.send(cached[2].frame(room.unread.get(user_id, 0), room.mentions.get(user_id, 0)))
             self._stats.room_updates += 1
 
     def forget(self, connection: R) -> None:

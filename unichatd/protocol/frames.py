@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import ClientError
-from ..models import Message
+from ..models import Message, Reaction, ThreadState
 from .requests import RequestId
 
 # ---------------------------------------------------------------------------
@@ -61,7 +61,21 @@ def message_object(message: Message) -> dict[str, Any]:
         "reply_to": message.reply_to,
         "message_type": message.message_type,
         "client_msg_id": message.client_msg_id,
+        "revision": message.revision,
+        "edited_at": None if message.edited_ms is None else format_timestamp(message.edited_ms),
+        "deleted": message.deleted,
+        "reactions": reaction_list(message.reactions) if message.reactions else [],
+        "thread_root_id": message.thread_root_id,
+        "reply_count": message.reply_count,
+        "last_reply_at": None if message.last_reply_ms is None else format_timestamp(message.last_reply_ms),
+        "mentions": list(message.mentions),
+        "attachments": [],
     }
+
+
+def reaction_list(reactions: Sequence[Reaction]) -> list[dict[str, Any]]:
+    return [{"emoji": reaction.emoji, "count": len(reaction.user_ids), "user_ids": list(reaction.user_ids)}
+            for reaction in reactions]
 
 
 def encode(kind: str, fields: dict[str, Any], request_id: RequestId = None) -> bytes:
@@ -86,21 +100,25 @@ def unsubscribed_frame(room_id: int, request_id: RequestId, reason: str | None =
     return encode("unsubscribed", fields, request_id)
 
 
-def new_message_frame(message: Message, wire: dict[str, Any] | None = None) -> bytes:
-    """``wire``: ``message_object(message)`` when the caller has it already (ack and broadcast share it)."""
-    return encode("new_message", {"room_id": message.room_id, "message": wire or message_object(message)})
+def encoded_message(message: Message) -> bytes:
+    """The message object as JSON, encoded once for the ack and the broadcast of a send."""
+    return orjson.dumps(message_object(message))
 
 
-def message_ack_frame(message: Message, request_id: RequestId, wire: dict[str, Any] | None = None) -> bytes:
-    return encode(
-        "message_ack",
-        {
-            "room_id": message.room_id,
-            "client_msg_id": message.client_msg_id,
-            "message": wire or message_object(message),
-        },
-        request_id,
-    )
+def new_message_frame(message: Message, wire: bytes | None = None) -> bytes:
+    """``wire``: ``encoded_message(message)`` when the caller has it already (ack and broadcast share it)."""
+    body = wire if wire is not None else encoded_message(message)
+    return b'{"type":"new_message","room_id":%d,"message":%b,"timestamp":"%b"}' % (
+        message.room_id, body, format_timestamp(now_ms()).encode())
+
+
+def message_ack_frame(message: Message, request_id: RequestId, wire: bytes | None = None) -> bytes:
+    body = wire if wire is not None else encoded_message(message)
+    frame = b'{"type":"message_ack","room_id":%d,"client_msg_id":%b,"message":%b,"timestamp":"%b"' % (
+        message.room_id, orjson.dumps(message.client_msg_id), body, format_timestamp(now_ms()).encode())
+    if request_id is not None:
+        frame += b',"request_id":' + orjson.dumps(request_id)
+    return frame + b"}"
 
 
 def typing_frame(room_id: int, user_id: int, username: str, is_typing: bool) -> bytes:
@@ -143,26 +161,29 @@ def room_updated_frame(room_id: int, updates: Mapping[str, Any]) -> bytes:
 
 
 class RoomUpdateEncoder:
-    """``room_updated`` frames of one room, differing only in ``unread_count``.
+    """``room_updated`` frames of one room, differing only in ``unread_count`` and ``mention_count``.
 
-    Byte-for-byte what :func:`room_updated_frame` gives, with the shared part encoded once.
+    Byte-for-byte what :func:`room_updated_frame` gives (with the counts last), with the
+    shared part encoded once.
     """
 
     __slots__ = ("_head", "_tail", "_frames")
 
     def __init__(self, room_id: int, state: Mapping[str, Any]) -> None:
-        shared = {key: value for key, value in state.items() if key != "unread_count"}
+        shared = {key: value for key, value in state.items() if key not in ("unread_count", "mention_count")}
         body = orjson.dumps({"type": "room_updated", "room_id": room_id, "updates": shared})
-        # '{"type":…,"updates":{…}}' → cut before the two closing braces to append the count.
+        # '{"type":…,"updates":{…}}' → cut before the two closing braces to append the counts.
         self._head = body[:-2] + (b',"unread_count":' if shared else b'"unread_count":')
         self._tail = b'},"timestamp":"' + format_timestamp(now_ms()).encode() + b'"}'
-        self._frames: dict[int, bytes] = {}
+        self._frames: dict[tuple[int, int], bytes] = {}
 
-    def frame(self, unread_count: int) -> bytes:
+    def frame(self, unread_count: int, mention_count: int = 0) -> bytes:
         """The frame for one participant; participants with equal counts share one object."""
-        frame = self._frames.get(unread_count)
+        key = (unread_count, mention_count)
+        frame = self._frames.get(key)
         if frame is None:
-            frame = self._frames[unread_count] = self._head + str(unread_count).encode() + self._tail
+            frame = self._frames[key] = (self._head + str(unread_count).encode() + b',"mention_count":'
+                                         + str(mention_count).encode() + self._tail)
         return frame
 
 
@@ -177,6 +198,7 @@ def history_frame(
     request_id: RequestId,
     *,
     truncated: bool = False,
+    changed: tuple[Sequence[Message], bool] | None = None,
 ) -> bytes:
     fields: dict[str, Any] = {
         "room_id": room_id, "messages": [message_object(m) for m in messages], "has_more": has_more
@@ -184,7 +206,52 @@ def history_frame(
     if truncated:
         # Retention deleted messages inside the range asked for.
         fields["truncated"] = True
+    if changed is not None:
+        fields["changed"] = [message_object(m) for m in changed[0]]
+        fields["changed_has_more"] = changed[1]
     return encode("history", fields, request_id)
+
+
+def message_updated_frame(message: Message, request_id: RequestId = None) -> bytes:
+    return encode("message_updated", {"room_id": message.room_id, "message": message_object(message)}, request_id)
+
+
+def message_deleted_frame(message: Message, request_id: RequestId = None) -> bytes:
+    # (revision: an addition, so a client that tracks revisions need not fetch the tombstone)
+    return encode("message_deleted", {"room_id": message.room_id, "message_id": message.id,
+                                      "revision": message.revision}, request_id)
+
+
+def reactions_updated_frame(message: Message, request_id: RequestId = None) -> bytes:
+    return encode("reactions_updated", {"room_id": message.room_id, "message_id": message.id,
+                                        "reactions": reaction_list(message.reactions),
+                                        "revision": message.revision}, request_id)
+
+
+def thread_updated_frame(room_id: int, thread: ThreadState) -> bytes:
+    return encode("thread_updated", {"room_id": room_id, "root_id": thread.root_id,
+                                     "reply_count": thread.reply_count,
+                                     "last_reply_at": format_timestamp(thread.last_reply_ms),
+                                     "revision": thread.revision})
+
+
+def thread_frame(root: Message, replies: Sequence[Message], has_more: bool, request_id: RequestId) -> bytes:
+    return encode("thread", {"room_id": root.room_id, "root": message_object(root),
+                             "messages": [message_object(m) for m in replies], "has_more": has_more}, request_id)
+
+
+def search_results_frame(query: str, hits: Sequence[tuple[Message, str]], has_more: bool,
+                         request_id: RequestId) -> bytes:
+    return encode("search_results", {
+        "query": query,
+        "messages": [{**message_object(message), "snippet": snippet} for message, snippet in hits],
+        "has_more": has_more,
+    }, request_id)
+
+
+def changes_frame(room_id: int, messages: Sequence[Message], has_more: bool, request_id: RequestId) -> bytes:
+    return encode("changes", {"room_id": room_id, "messages": [message_object(m) for m in messages],
+                              "has_more": has_more}, request_id)
 
 
 def pong_frame(request_id: RequestId) -> bytes:
@@ -199,7 +266,8 @@ def token_refreshed_frame(expires_at: float, request_id: RequestId) -> bytes:
 
 # What `help` answers: every request type, its fields, and its reply (for people at wscat).
 REQUEST_HELP: dict[str, dict[str, Any]] = {
-    "subscribe_room": {"fields": {"room_id": "int", "last_message_id": "int, optional"},
+    "subscribe_room": {"fields": {"room_id": "int", "last_message_id": "int, optional",
+                                  "since_revision": "int, optional (with last_message_id)"},
                        "reply": "subscribed, then history when last_message_id is given"},
     "unsubscribe_room": {"fields": {"room_id": "int"}, "reply": "unsubscribed"},
     "send_message": {"fields": {"room_id": "int", "content": "string",
@@ -215,6 +283,20 @@ REQUEST_HELP: dict[str, dict[str, Any]] = {
                                "after_id": "int, optional", "limit": "1..100, default 50"},
                     "reply": "history"},
     "refresh_token": {"fields": {"token": "string"}, "reply": "token_refreshed"},
+    "edit_message": {"fields": {"room_id": "int", "message_id": "int", "content": "string"},
+                     "reply": "message_updated"},
+    "delete_message": {"fields": {"room_id": "int", "message_id": "int"}, "reply": "message_deleted"},
+    "add_reaction": {"fields": {"room_id": "int", "message_id": "int", "emoji": "string of at most 32 characters"},
+                     "reply": "reactions_updated"},
+    "remove_reaction": {"fields": {"room_id": "int", "message_id": "int", "emoji": "string"},
+                        "reply": "reactions_updated"},
+    "get_thread": {"fields": {"room_id": "int", "message_id": "int (the root)", "after_id": "int, optional",
+                              "limit": "1..100, default 50"}, "reply": "thread"},
+    "search_messages": {"fields": {"query": 'string: words, prefix*, "a phrase"', "room_id": "int, optional",
+                                   "before_id": "int, optional", "limit": "1..100, default 20"},
+                        "reply": "search_results"},
+    "get_changes": {"fields": {"room_id": "int", "since_revision": "int", "limit": "1..100, default 100"},
+                    "reply": "changes"},
     "ping": {"fields": {}, "reply": "pong"},
     "help": {"fields": {}, "reply": "help"},
     "whoami": {"fields": {}, "reply": "whoami"},

@@ -8,6 +8,7 @@ frozen request object whose fields are known to be valid, or raises
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from ..errors import ClientError, ErrorCode
+from .search import QueryError, SearchTerm, parse_query
 
 MAX_ID = 2**63 - 1
 MAX_REQUEST_ID_CHARS = 64
@@ -23,6 +25,15 @@ MAX_MARK_READ_IDS = 1000
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 MAX_TOKEN_CHARS = 8192
+MAX_EMOJI_CHARS = 32
+MAX_REACTIONS = 20
+"""Distinct emoji on one message."""
+THREAD_DEFAULT_LIMIT = 50
+THREAD_MAX_LIMIT = 100
+SEARCH_DEFAULT_LIMIT = 20
+SEARCH_MAX_LIMIT = 100
+CHANGES_DEFAULT_LIMIT = 100
+CHANGES_MAX_LIMIT = 100
 
 RequestId = str | int | None
 
@@ -38,6 +49,8 @@ class Subscribe:
     room_id: int
     last_message_id: int | None
     request_id: RequestId = None
+    since_revision: int | None = None
+    """With ``last_message_id``: also the messages up to it changed after this revision."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,69 @@ class GetHistory:
 
 
 @dataclass(frozen=True, slots=True)
+class EditMessage:
+    """``edit_message``: new content for one's own message."""
+
+    room_id: int
+    message_id: int
+    content: str
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage:
+    """``delete_message``: leaves a tombstone."""
+
+    room_id: int
+    message_id: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """``add_reaction`` (``add``) or ``remove_reaction``."""
+
+    room_id: int
+    message_id: int
+    emoji: str
+    add: bool
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetThread:
+    """``get_thread``: a thread's root and a page of its replies."""
+
+    room_id: int
+    message_id: int
+    after_id: int | None
+    limit: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchMessages:
+    """``search_messages``: full-text search over the user's rooms (or one of them)."""
+
+    query: str
+    terms: tuple[SearchTerm, ...]
+    room_id: int | None
+    before_id: int | None
+    limit: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetChanges:
+    """``get_changes``: the room's messages changed after a revision, in revision order."""
+
+    room_id: int
+    since_revision: int
+    limit: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """``ping``."""
 
@@ -134,6 +210,12 @@ Request = (
     | GetRoomList
     | GetHistory
     | RefreshToken
+    | EditMessage
+    | DeleteMessage
+    | React
+    | GetThread
+    | SearchMessages
+    | GetChanges
     | Ping
     | Help
     | WhoAmI
@@ -242,17 +324,19 @@ def _room_id(frame: Mapping[str, Any]) -> int:
 
 
 def _parse_subscribe(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Subscribe:
-    return Subscribe(
-        _room_id(frame), _int_field(frame, "last_message_id", minimum=0, required=False), request_id
-    )
+    room_id = _room_id(frame)
+    last_message_id = _int_field(frame, "last_message_id", minimum=0, required=False)
+    since_revision = _int_field(frame, "since_revision", minimum=0, required=False)
+    if since_revision is not None and last_message_id is None:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'since_revision' needs 'last_message_id'")
+    return Subscribe(room_id, last_message_id, request_id, since_revision)
 
 
 def _parse_unsubscribe(frame: Mapping[str, Any], request_id: RequestId, _: int) -> Unsubscribe:
     return Unsubscribe(_room_id(frame), request_id)
 
 
-def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int) -> SendMessage:
-    room_id = _room_id(frame)
+def _content(frame: Mapping[str, Any], max_chars: int) -> str:
     content = frame.get("content")
     if not isinstance(content, str):
         raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' is required and must be a string")
@@ -260,6 +344,21 @@ def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int)
         raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' must not be empty")
     if len(content) > max_chars:
         raise ClientError(ErrorCode.INVALID_MESSAGE, f"field 'content' is longer than {max_chars} characters")
+    return content
+
+
+def _limit(frame: Mapping[str, Any], default: int, maximum: int) -> int:
+    limit = frame.get("limit", default)
+    if limit is None:
+        return default
+    if not _is_int(limit) or not 1 <= limit <= maximum:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field 'limit' must be an integer from 1 to {maximum}")
+    return int(limit)
+
+
+def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int) -> SendMessage:
+    room_id = _room_id(frame)
+    content = _content(frame, max_chars)
     reply_to = _int_field(frame, "reply_to", required=False)
     client_msg_id = frame.get("client_msg_id")
     if client_msg_id is not None and (
@@ -301,14 +400,55 @@ def _parse_history(frame: Mapping[str, Any], request_id: RequestId, _: int) -> G
     after_id = _int_field(frame, "after_id", minimum=0, required=False)
     if before_id is not None and after_id is not None:
         raise ClientError(ErrorCode.INVALID_MESSAGE, "fields 'before_id' and 'after_id' exclude each other")
-    limit = frame.get("limit", HISTORY_DEFAULT_LIMIT)
-    if limit is None:
-        limit = HISTORY_DEFAULT_LIMIT
-    if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
-        raise ClientError(
-            ErrorCode.INVALID_MESSAGE, f"field 'limit' must be an integer from 1 to {HISTORY_MAX_LIMIT}"
-        )
-    return GetHistory(room_id, before_id, after_id, limit, request_id)
+    return GetHistory(room_id, before_id, after_id, _limit(frame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT),
+                      request_id)
+
+
+def _message_id(frame: Mapping[str, Any]) -> int:
+    message_id: int = _int_field(frame, "message_id")
+    return message_id
+
+
+def _parse_edit(frame: Mapping[str, Any], request_id: RequestId, max_chars: int) -> EditMessage:
+    return EditMessage(_room_id(frame), _message_id(frame), _content(frame, max_chars), request_id)
+
+
+def _parse_delete(frame: Mapping[str, Any], request_id: RequestId, _: int) -> DeleteMessage:
+    return DeleteMessage(_room_id(frame), _message_id(frame), request_id)
+
+
+def _parse_reaction(frame: Mapping[str, Any], request_id: RequestId, _: int) -> React:
+    room_id, message_id = _room_id(frame), _message_id(frame)
+    emoji = frame.get("emoji")
+    if not isinstance(emoji, str) or not emoji or len(emoji) > MAX_EMOJI_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          f"field 'emoji' must be a non-empty string of at most {MAX_EMOJI_CHARS} characters")
+    if any(char.isspace() or unicodedata.category(char) in ("Cc", "Cs") for char in emoji):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'emoji' must not hold spaces or control characters")
+    return React(room_id, message_id, emoji, frame["type"] == "add_reaction", request_id)
+
+
+def _parse_thread(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetThread:
+    return GetThread(_room_id(frame), _message_id(frame), _int_field(frame, "after_id", minimum=0, required=False),
+                     _limit(frame, THREAD_DEFAULT_LIMIT, THREAD_MAX_LIMIT), request_id)
+
+
+def _parse_search(frame: Mapping[str, Any], request_id: RequestId, _: int) -> SearchMessages:
+    query = frame.get("query")
+    if not isinstance(query, str):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'query' is required and must be a string")
+    try:
+        terms = parse_query(query)
+    except QueryError as exc:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+    return SearchMessages(query, terms, _int_field(frame, "room_id", required=False),
+                          _int_field(frame, "before_id", required=False),
+                          _limit(frame, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT), request_id)
+
+
+def _parse_changes(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetChanges:
+    since: int = _int_field(frame, "since_revision", minimum=0)
+    return GetChanges(_room_id(frame), since, _limit(frame, CHANGES_DEFAULT_LIMIT, CHANGES_MAX_LIMIT), request_id)
 
 
 def _parse_refresh(frame: Mapping[str, Any], request_id: RequestId, _: int) -> RefreshToken:
@@ -340,6 +480,13 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], RequestId, int], Request]] = {
     "get_room_list": _parse_room_list,
     "get_history": _parse_history,
     "refresh_token": _parse_refresh,
+    "edit_message": _parse_edit,
+    "delete_message": _parse_delete,
+    "add_reaction": _parse_reaction,
+    "remove_reaction": _parse_reaction,
+    "get_thread": _parse_thread,
+    "search_messages": _parse_search,
+    "get_changes": _parse_changes,
     "ping": _parse_ping,
     "help": _parse_help,
     "whoami": _parse_whoami,

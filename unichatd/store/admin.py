@@ -5,16 +5,18 @@ The daemon learns of every room and membership change from ``membership_log``.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import NoSuchRoom
 from ..models import Message, RoomSummary
-from .queries import MESSAGES_WITH_SENDER, message_from_row
+from .operations import index_messages
+from .queries import MESSAGES_WITH_SENDER, last_number, message_from_row
 from .schema import immediate, now_ms, open_sync
 
-_IMPORT_SQL = "INSERT INTO messages(room_id, sender_id, content, created_ms) VALUES (?,?,?,?)"
+_IMPORT_SQL = "INSERT INTO messages(id, revision, room_id, sender_id, content, created_ms) VALUES (?,?,?,?,?,?)"
 
 
 class AdminStore:
@@ -89,15 +91,20 @@ class AdminStore:
         """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.
 
         Only for a database no daemon is serving: the daemon assigns message ids itself.
+        Ids (and revisions, which share their counter) continue after the largest given.
         """
         with immediate(self.conn) as conn:
-            batch: list[tuple[int, int, str, int]] = []
-            for row in rows:
-                batch.append(row)
+            numbers = itertools.count(last_number(conn) + 1)
+            batch: list[tuple[int, int, int, int, str, int]] = []
+            for room_id, sender_id, content, created_ms in rows:
+                number = next(numbers)
+                batch.append((number, number, room_id, sender_id, content, created_ms))
                 if len(batch) >= chunk:
                     conn.executemany(_IMPORT_SQL, batch)
                     batch.clear()
             conn.executemany(_IMPORT_SQL, batch)
+            while index_messages(conn, 100_000):
+                pass
 
     def backup(self, target: Path) -> None:
         """A consistent copy of the whole database, taken while the daemon keeps writing.

@@ -12,8 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from ..models import Message, NewMessage, ReadResult, Snapshot, Stored
-from .queries import MESSAGE_COLUMNS, load_rooms, message_from_row, unread_count
+import orjson
+
+from ..models import Change, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored, ThreadState
+from ..protocol.requests import MAX_REACTIONS
+from . import queries
+from .queries import MESSAGE_COLUMNS, format_mentions, load_rooms, mention_count, message_from_row, unread_count
 from .schema import now_ms
 
 T_co = TypeVar("T_co", covariant=True)
@@ -21,9 +25,20 @@ T_co = TypeVar("T_co", covariant=True)
 
 @dataclass(slots=True)
 class MessageIds:
-    """The next message id to give; the writer keeps it only when the batch commits."""
+    """The next number to give; the writer keeps it only when the batch commits.
+
+    Message ids and revisions are drawn from this one counter: a new message's revision
+    is its id, and a change to a message takes the next number as its revision (so ids
+    skip the numbers changes took).  That is what lets the catch-up of changes find the
+    messages created after a revision by id (``queries.changes``).
+    """
 
     next: int
+
+    def take(self) -> int:
+        number = self.next
+        self.next += 1
+        return number
 
 
 class Operation(Protocol[T_co]):
@@ -54,24 +69,45 @@ class AppendMessage:
         now = now_ms()
         results: list[Stored] = []
         rows: list[tuple[Any, ...]] = []
+        mentions: list[tuple[int, int, int]] = []
+        replies: list[int] = []
         for item in pending:
             key = (item.sender_id, item.room_id, item.client_msg_id) if item.client_msg_id else None
             if key is not None and key in existing:
                 results.append(Stored(existing[key], created=False))
                 continue
-            message = Message(ids.next, item.room_id, item.sender_id, item.sender_username,
-                              item.sender_first_name, item.content, now, item.reply_to, item.client_msg_id)
-            ids.next += 1
+            message_id = ids.take()
+            message = Message(message_id, item.room_id, item.sender_id, item.sender_username,
+                              item.sender_first_name, item.content, now, item.reply_to, item.client_msg_id,
+                              "text", message_id, None, False, item.thread_root_id, 0, None, item.mentions)
             if key is not None:
                 existing[key] = message
             results.append(Stored(message, created=True))
             rows.append((message.id, message.room_id, message.sender_id, message.content, now,
-                         message.reply_to, message.client_msg_id))
+                         message.reply_to, message.client_msg_id, message.revision, message.thread_root_id,
+                         format_mentions(message.mentions)))
+            if message.mentions:
+                mentions.extend(_mention_rows(message.room_id, message.id, message.sender_id, message.mentions))
+            if message.thread_root_id is not None:
+                replies.append(len(results) - 1)
         conn.executemany(
             "INSERT INTO messages(id, room_id, sender_id, content, created_ms, reply_to, "
-            "client_msg_id) VALUES (?,?,?,?,?,?,?)",
+            "client_msg_id, revision, thread_root_id, mentions) VALUES (?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
+        if mentions:
+            conn.executemany("INSERT INTO mentions(room_id, user_id, message_id) VALUES (?,?,?)", mentions)
+        for index in replies:
+            reply = results[index].message
+            root_id = reply.thread_root_id
+            revision = ids.take()
+            row = conn.execute(
+                "UPDATE messages SET reply_count = reply_count + 1, last_reply_ms = ?, revision = ?, changed = 1 "
+                "WHERE id = ? RETURNING reply_count",
+                (now, revision, root_id),
+            ).fetchone()
+            if row is not None and root_id is not None:  # (retention may have taken the root)
+                results[index] = Stored(reply, True, ThreadState(root_id, int(row[0]), now, revision))
         return results
 
 
@@ -94,6 +130,12 @@ def _existing_by_client_msg_id(
         assert message.client_msg_id is not None
         existing[(message.sender_id, message.room_id, message.client_msg_id)] = message
     return existing
+
+
+def _mention_rows(room_id: int, message_id: int, sender_id: int,
+                  user_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The rows that count as mentions: mentioning oneself counts for nothing."""
+    return [(room_id, user_id, message_id) for user_id in user_ids if user_id != sender_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +170,119 @@ class MarkRead:
                 "UPDATE participants SET last_read_id = ? WHERE room_id = ? AND user_id = ?",
                 (new_marker, room_id, user_id),
             )
-        return ReadResult(new_marker, unread_count(conn, room_id, user_id, new_marker), new_marker != old_marker)
+        return ReadResult(new_marker, unread_count(conn, room_id, user_id, new_marker), new_marker != old_marker,
+                          mention_count(conn, room_id, user_id, new_marker))
+
+
+def _message_in_room(conn: sqlite3.Connection, room_id: int, message_id: int) -> Message | None:
+    found = queries.message(conn, message_id)
+    return found if found is not None and found.room_id == room_id else None
+
+
+def _reread(conn: sqlite3.Connection, message_id: int) -> Message:
+    found = queries.message(conn, message_id)
+    assert found is not None
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class EditMessage:
+    """Replace a message's content (its sender only); resolves to a Change or a Refusal."""
+
+    room_id: int
+    message_id: int
+    user_id: int
+    content: str
+    mentions: tuple[int, ...]
+    batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "edit"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
+        before = _message_in_room(conn, self.room_id, self.message_id)
+        if before is None or before.deleted:
+            return Refusal.NOT_FOUND
+        if before.sender_id != self.user_id:
+            return Refusal.FORBIDDEN
+        conn.execute(
+            "UPDATE messages SET content = ?, edited_ms = ?, revision = ?, changed = 1, mentions = ? WHERE id = ?",
+            (self.content, now_ms(), ids.take(), format_mentions(self.mentions), self.message_id),
+        )
+        if before.mentions != self.mentions:
+            conn.execute("DELETE FROM mentions WHERE message_id = ?", (self.message_id,))
+            conn.executemany("INSERT INTO mentions(room_id, user_id, message_id) VALUES (?,?,?)",
+                             _mention_rows(self.room_id, self.message_id, self.user_id, self.mentions))
+        return Change(_reread(conn, self.message_id), before, changed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage:
+    """Leave a tombstone (the sender or the room's owner); resolves to a Change or a Refusal."""
+
+    room_id: int
+    message_id: int
+    user_id: int
+    batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "delete"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
+        before = _message_in_room(conn, self.room_id, self.message_id)
+        if before is None:
+            return Refusal.NOT_FOUND
+        if before.sender_id != self.user_id:
+            owner = conn.execute("SELECT owner_id FROM rooms WHERE id = ?", (self.room_id,)).fetchone()
+            if owner is None or owner[0] != self.user_id:
+                return Refusal.FORBIDDEN
+        if before.deleted:
+            return Change(before, before, changed=False)
+        conn.execute(
+            "UPDATE messages SET content = '', deleted = 1, revision = ?, changed = 1, mentions = NULL, "
+            "reactions = NULL WHERE id = ?",
+            (ids.take(), self.message_id),
+        )
+        conn.execute("DELETE FROM reactions WHERE message_id = ?", (self.message_id,))
+        conn.execute("DELETE FROM mentions WHERE message_id = ?", (self.message_id,))
+        return Change(_reread(conn, self.message_id), before, changed=True,
+                      latest=queries.latest_message(conn, self.room_id))
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """Add or remove the user's emoji on a message; resolves to a Change or a Refusal."""
+
+    room_id: int
+    message_id: int
+    user_id: int
+    emoji: str
+    add: bool
+    batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "reaction"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
+        before = _message_in_room(conn, self.room_id, self.message_id)
+        if before is None or before.deleted:
+            return Refusal.NOT_FOUND
+        if self.add:
+            emoji_in_use = {reaction.emoji for reaction in before.reactions}
+            if self.emoji not in emoji_in_use and len(emoji_in_use) >= MAX_REACTIONS:
+                return Refusal.TOO_MANY_REACTIONS
+            cursor = conn.execute("INSERT OR IGNORE INTO reactions(message_id, emoji, user_id) VALUES (?,?,?)",
+                                  (self.message_id, self.emoji, self.user_id))
+        else:
+            cursor = conn.execute("DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user_id = ?",
+                                  (self.message_id, self.emoji, self.user_id))
+        if not cursor.rowcount:
+            return Change(before, before, changed=False)
+        # Emoji keep the order of their first use: those already there stay in place (even
+        # when the user who put one there first takes theirs back), a new one goes last.
+        grouped: dict[str, list[int]] = {reaction.emoji: [] for reaction in before.reactions}
+        for emoji, user_id in conn.execute(
+            "SELECT emoji, user_id FROM reactions WHERE message_id = ? ORDER BY rowid", (self.message_id,)
+        ):
+            grouped.setdefault(emoji, []).append(user_id)
+        listed = [(emoji, user_ids) for emoji, user_ids in grouped.items() if user_ids]
+        conn.execute("UPDATE messages SET reactions = ?, revision = ?, changed = 1 WHERE id = ?",
+                     (orjson.dumps(listed).decode() if listed else None, ids.take(), self.message_id))
+        return Change(_reread(conn, self.message_id), before, changed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +341,41 @@ class Prune:
             conn.execute("UPDATE rooms SET pruned_through = MAX(pruned_through, ?) WHERE id = ?",
                          (max(deleted), self.room_id))
         return len(deleted)
+
+
+def index_messages(conn: sqlite3.Connection, limit: int) -> int:
+    """Add up to ``limit`` messages not indexed yet to the search index; returns how many."""
+    through = int(conn.execute("SELECT through FROM search_index").fetchone()[0])
+    upto, count = conn.execute(
+        "SELECT MAX(id), COUNT(*) FROM (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?)", (through, limit)
+    ).fetchone()
+    if not count:
+        return 0
+    # Tombstones too (their text is empty): the triggers take out of the index whatever
+    # id is at or below `through`, so everything up to it must be in.
+    conn.execute(
+        "INSERT INTO messages_fts(rowid, content, room_id) SELECT id, content, room_id FROM messages "
+        "WHERE id > ? AND id <= ?",
+        (through, upto),
+    )
+    conn.execute("UPDATE search_index SET through = ?", (upto,))
+    return int(count)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMessages:
+    """Index messages committed since the last run (the search index lags the acks).
+
+    Indexing in batches of hundreds costs a fraction of indexing each group commit's few
+    messages (docs/performance.md), and keeps the work out of the commits that acks wait for.
+    """
+
+    limit: int
+    batched: ClassVar[bool] = False
+    kind: ClassVar[str] = "index"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
+        return index_messages(conn, self.limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,25 +10,76 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ..models import MembershipChange, Message, RoomRecord, Snapshot
+import orjson
+
+from ..models import MembershipChange, Message, Reaction, RoomRecord, Snapshot
+
+SNIPPET_TOKENS = 24
+"""Words around the matches in a search snippet (cut to 200 characters after)."""
+MAX_ROWID = 2**63 - 1
 
 MESSAGE_COLUMNS = (
     "m.id, m.room_id, m.sender_id, u.username, u.first_name, m.content, m.created_ms, "
-    "m.reply_to, m.client_msg_id, m.message_type"
+    "m.reply_to, m.client_msg_id, m.message_type, m.revision, m.edited_ms, m.deleted, "
+    "m.thread_root_id, m.reply_count, m.last_reply_ms, m.mentions, m.reactions"
 )
 MESSAGES_WITH_SENDER = f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id "
 
 
 def message_from_row(row: Sequence[Any]) -> Message:
-    return Message(*row)
+    (message_id, room_id, sender_id, username, first_name, content, created_ms, reply_to, client_msg_id,
+     message_type, revision, edited_ms, deleted, thread_root_id, reply_count, last_reply_ms, mentions,
+     reactions) = row[:18]
+    return Message(
+        message_id, room_id, sender_id, username, first_name, content, created_ms, reply_to, client_msg_id,
+        message_type, revision, edited_ms, bool(deleted), thread_root_id, reply_count, last_reply_ms,
+        parse_mentions(mentions) if mentions else (),
+        parse_reactions(reactions) if reactions else (),
+    )
+
+
+def parse_mentions(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def format_mentions(user_ids: Sequence[int]) -> str | None:
+    return ",".join(map(str, user_ids)) if user_ids else None
+
+
+def parse_reactions(text: str) -> tuple[Reaction, ...]:
+    return tuple(Reaction(emoji, tuple(user_ids)) for emoji, user_ids in orjson.loads(text))
 
 
 def unread_count(conn: sqlite3.Connection, room_id: int, user_id: int, marker: int) -> int:
+    # Two index-only counts: all messages of others above the marker, less the tombstones
+    # among them (a partial index holds only those).
     row = conn.execute(
-        "SELECT COUNT(*) FROM messages WHERE room_id = ? AND id > ? AND sender_id != ?",
+        "SELECT (SELECT COUNT(*) FROM messages WHERE room_id = ?1 AND id > ?2 AND sender_id != ?3) - "
+        "(SELECT COUNT(*) FROM messages WHERE room_id = ?1 AND id > ?2 AND sender_id != ?3 AND deleted = 1)",
         (room_id, marker, user_id),
     ).fetchone()
     return int(row[0])
+
+
+def mention_count(conn: sqlite3.Connection, room_id: int, user_id: int, marker: int) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM mentions WHERE room_id = ? AND user_id = ? AND message_id > ?",
+        (room_id, user_id, marker),
+    ).fetchone()
+    return int(row[0])
+
+
+def latest_message(conn: sqlite3.Connection, room_id: int) -> Message | None:
+    """The room's latest message that is not deleted (its room-list preview)."""
+    row = conn.execute(
+        MESSAGES_WITH_SENDER + "WHERE m.room_id = ? AND m.deleted = 0 ORDER BY m.id DESC LIMIT 1", (room_id,)
+    ).fetchone()
+    return message_from_row(row) if row else None
+
+
+def message(conn: sqlite3.Connection, message_id: int) -> Message | None:
+    row = conn.execute(MESSAGES_WITH_SENDER + "WHERE m.id = ?", (message_id,)).fetchone()
+    return message_from_row(row) if row else None
 
 
 def load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> Snapshot:
@@ -39,10 +90,11 @@ def load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> Sn
         where = f"WHERE id IN ({','.join('?' * len(room_ids))})"
         params = room_ids
     rooms: dict[int, RoomRecord] = {}
-    for room_id, name, room_type, created_ms, pruned_through in conn.execute(
-        f"SELECT id, name, room_type, created_ms, pruned_through FROM rooms {where}", params
+    for room_id, name, room_type, created_ms, pruned_through, owner_id in conn.execute(
+        f"SELECT id, name, room_type, created_ms, pruned_through, owner_id FROM rooms {where}", params
     ):
-        rooms[room_id] = RoomRecord(room_id, name, room_type, created_ms, pruned_through=pruned_through)
+        rooms[room_id] = RoomRecord(room_id, name, room_type, created_ms, pruned_through=pruned_through,
+                                    owner_id=owner_id)
     user_ids: set[int] = set()
     for room_id, user_id, marker in conn.execute(
         f"SELECT room_id, user_id, last_read_id FROM participants "
@@ -54,13 +106,12 @@ def load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> Sn
             continue
         room.markers[user_id] = marker
         room.unread[user_id] = unread_count(conn, room_id, user_id, marker)
+        mentions = mention_count(conn, room_id, user_id, marker)
+        if mentions:
+            room.mentions[user_id] = mentions
         user_ids.add(user_id)
     for room in rooms.values():
-        row = conn.execute(
-            MESSAGES_WITH_SENDER + "WHERE m.room_id = ? ORDER BY m.id DESC LIMIT 1",
-            (room.id,),
-        ).fetchone()
-        room.last_message = message_from_row(row) if row else None
+        room.last_message = latest_message(conn, room.id)
     users: dict[int, tuple[str, str]] = {}
     if user_ids:
         ids = sorted(user_ids)
@@ -97,10 +148,66 @@ def history(
     return messages, has_more
 
 
-def message_room(conn: sqlite3.Connection, message_id: int) -> int | None:
-    """The room a message belongs to, or None when there is no such message."""
-    row = conn.execute("SELECT room_id FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return int(row[0]) if row else None
+def reply_target(conn: sqlite3.Connection, message_id: int) -> tuple[int, int] | None:
+    """(room, thread root) of the message a reply answers, or None when there is no such message."""
+    row = conn.execute("SELECT room_id, COALESCE(thread_root_id, id) FROM messages WHERE id = ?",
+                       (message_id,)).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def thread(
+    conn: sqlite3.Connection, room_id: int, message_id: int, after_id: int | None, limit: int
+) -> tuple[Message, list[Message], bool] | None:
+    """The thread ``message_id`` belongs to: its root and a page of replies, oldest first."""
+    asked = message(conn, message_id)
+    if asked is None or asked.room_id != room_id:
+        return None
+    root = asked if asked.thread_root_id is None else message(conn, asked.thread_root_id)
+    if root is None:  # (retention took the root: the thread has none left to show)
+        return None
+    rows = conn.execute(
+        MESSAGES_WITH_SENDER + "WHERE m.thread_root_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+        (root.id, after_id or 0, limit + 1),
+    ).fetchall()
+    return root, [message_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+
+def changes(
+    conn: sqlite3.Connection, room_id: int, since_revision: int, through_id: int | None, limit: int
+) -> tuple[list[Message], bool]:
+    """Messages whose revision is above ``since_revision`` (up to ``through_id``), in revision order.
+
+    Two kinds, each read in order from an index: messages changed after their creation
+    (the partial index ``messages_changed``), and unchanged messages, whose revision is
+    their id (ids and revisions share one counter), so those created after
+    ``since_revision`` are the ids above it.
+    """
+    through = MAX_ROWID if through_id is None else through_id
+    changed = conn.execute(
+        MESSAGES_WITH_SENDER + "WHERE m.room_id = ? AND m.changed = 1 AND m.revision > ? AND m.id <= ? "
+        "ORDER BY m.revision LIMIT ?",
+        (room_id, since_revision, through, limit + 1),
+    ).fetchall()
+    created = conn.execute(
+        MESSAGES_WITH_SENDER + "WHERE m.room_id = ? AND m.id > ? AND m.id <= ? AND m.changed = 0 "
+        "ORDER BY m.id LIMIT ?",
+        (room_id, since_revision, through, limit + 1),
+    ).fetchall()
+    found = sorted((message_from_row(row) for row in (*changed, *created)), key=lambda message: message.revision)
+    return found[:limit], len(found) > limit
+
+
+def search(
+    conn: sqlite3.Connection, expression: str, before_id: int | None, limit: int
+) -> tuple[list[tuple[Message, str]], bool]:
+    """Messages matching an FTS5 ``expression``, newest first, each with its snippet."""
+    rows = conn.execute(
+        f"SELECT {MESSAGE_COLUMNS}, snippet(messages_fts, 0, '[', ']', '…', {SNIPPET_TOKENS}) "
+        "FROM messages_fts f JOIN messages m ON m.id = f.rowid JOIN users u ON u.id = m.sender_id "
+        "WHERE messages_fts MATCH ? AND f.rowid < ? AND m.deleted = 0 ORDER BY f.rowid DESC LIMIT ?",
+        (expression, before_id or MAX_ROWID, limit + 1),
+    ).fetchall()
+    return [(message_from_row(row), row[-1]) for row in rows[:limit]], len(rows) > limit
 
 
 def membership_changes(conn: sqlite3.Connection, after_log_id: int) -> list[MembershipChange]:
@@ -111,5 +218,7 @@ def membership_changes(conn: sqlite3.Connection, after_log_id: int) -> list[Memb
     return [MembershipChange(*row) for row in rows]
 
 
-def last_message_id(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
+def last_number(conn: sqlite3.Connection) -> int:
+    """The largest message id or revision given so far (they share one counter)."""
+    return int(conn.execute("SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM messages), "
+                            "(SELECT COALESCE(MAX(revision), 0) FROM messages))").fetchone()[0])

@@ -6,12 +6,33 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import StoreError
 
-MIGRATIONS: tuple[str, ...] = (
+
+def _thread_roots(conn: sqlite3.Connection) -> None:
+    """Give every reply of a v1 database the root of its thread.
+
+    A reply always follows what it answers, so one pass in id order knows each parent's
+    root (a parent that is not itself a reply is the root).
+    """
+    roots: dict[int, int] = {}
+    updates: list[tuple[int, int]] = []
+    for message_id, reply_to in conn.execute(
+        "SELECT id, reply_to FROM messages WHERE reply_to IS NOT NULL ORDER BY id"
+    ):
+        root = roots.get(reply_to, reply_to)
+        roots[message_id] = root
+        updates.append((root, message_id))
+    conn.executemany("UPDATE messages SET thread_root_id = ? WHERE id = ?", updates)
+
+
+MigrationStep = str | Callable[[sqlite3.Connection], None]
+Migration = MigrationStep | tuple[MigrationStep, ...]
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema.
     """
     CREATE TABLE users (
@@ -60,8 +81,96 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE rooms ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: protocol v1.1's message lifecycle: edits, tombstones, reactions, threads,
+    # mentions, revisions and full-text search.
+    (
+        """
+        ALTER TABLE rooms ADD COLUMN owner_id INTEGER;
+        ALTER TABLE messages ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN edited_ms INTEGER;
+        ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN thread_root_id INTEGER;
+        ALTER TABLE messages ADD COLUMN reply_count INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN last_reply_ms INTEGER;
+        -- The mentioned user ids, comma separated, and the reactions as JSON
+        -- ([[emoji, [user ids]], ...]): a history page reads them with the row.
+        ALTER TABLE messages ADD COLUMN mentions TEXT;
+        ALTER TABLE messages ADD COLUMN reactions TEXT;
+        -- 1 once the message changed after its creation (edit, delete, reaction, reply).
+        ALTER TABLE messages ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+        -- Ids grow in commit order within a room, so they are valid first revisions.
+        UPDATE messages SET revision = id;
+        -- Partial indexes: a new message (not deleted, not changed, not a reply) touches
+        -- none of them, so a send writes the same index entries as in v1.
+        CREATE INDEX messages_deleted ON messages(room_id, id, sender_id) WHERE deleted = 1;
+        CREATE INDEX messages_changed ON messages(room_id, revision) WHERE changed = 1;
+        CREATE INDEX messages_by_thread ON messages(thread_root_id, id) WHERE thread_root_id IS NOT NULL;
+        -- rowid order is the order of first use that reactions lists keep.
+        CREATE TABLE reactions (
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            emoji TEXT NOT NULL,
+            user_id INTEGER NOT NULL,
+            UNIQUE (message_id, emoji, user_id)
+        );
+        -- Who is mentioned where: mention counts are "mentions above the read marker".
+        CREATE TABLE mentions (
+            room_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            PRIMARY KEY (room_id, user_id, message_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX mentions_by_message ON mentions(message_id);
+        """,
+        _thread_roots,
+        """
+        UPDATE messages SET
+            reply_count = (SELECT COUNT(*) FROM messages r WHERE r.thread_root_id = messages.id),
+            last_reply_ms = (SELECT MAX(r.created_ms) FROM messages r WHERE r.thread_root_id = messages.id)
+        WHERE id IN (SELECT thread_root_id FROM messages WHERE thread_root_id IS NOT NULL);
+        -- The search index reads the text from messages (external content): words are
+        -- case- and accent-folded; the room id is a column of its own, so a search is
+        -- limited to the user's rooms inside the index.
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, room_id, content='messages', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        );
+        INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+        -- New messages are indexed in the background, in large batches, not inside the
+        -- commit that acknowledges them (see operations.IndexMessages): `through` is the
+        -- newest message id the index holds.
+        CREATE TABLE search_index (through INTEGER NOT NULL);
+        INSERT INTO search_index SELECT COALESCE(MAX(id), 0) FROM messages;
+        -- Changes to indexed messages, by any path (edits and deletes, retention, a room's
+        -- cascade), keep the index in step; a message not indexed yet is indexed later as
+        -- it then is.
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+        WHEN old.id <= (SELECT through FROM search_index) BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content, room_id)
+                VALUES ('delete', old.id, old.content, old.room_id);
+        END;
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages
+        WHEN old.id <= (SELECT through FROM search_index) BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content, room_id)
+                VALUES ('delete', old.id, old.content, old.room_id);
+            INSERT INTO messages_fts(rowid, content, room_id) VALUES (new.id, new.content, new.room_id);
+        END;
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of ``script`` (trigger bodies hold semicolons of their own)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                yield pending
+            pending = ""
+    if pending.strip() and not pending.strip().startswith("--"):
+        yield pending
 
 
 def now_ms() -> int:
@@ -122,10 +231,15 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"database schema version {version} is newer than this unichatd ({SCHEMA_VERSION})"
         )
     for number in range(version, SCHEMA_VERSION):
+        migration = MIGRATIONS[number]
+        steps = migration if isinstance(migration, tuple) else (migration,)
         with immediate(conn):
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for step in steps:
+                if isinstance(step, str):
+                    for statement in statements(step):
+                        conn.execute(statement)
+                else:
+                    step(conn)
             conn.execute(f"PRAGMA user_version={number + 1}")
 
 

@@ -20,9 +20,22 @@ import structlog
 
 from ..errors import StoreError
 from ..metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from ..models import MembershipChange, Message, NewMessage, ReadResult, Snapshot, Stored
-from . import queries
-from .operations import AppendMessage, Barrier, LoadRooms, MarkRead, Operation, Prune, UpsertUser
+from ..models import Change, MembershipChange, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored
+from ..protocol.search import SearchTerm
+from . import fulltext, queries
+from .operations import (
+    AppendMessage,
+    Barrier,
+    DeleteMessage,
+    EditMessage,
+    IndexMessages,
+    LoadRooms,
+    MarkRead,
+    Operation,
+    Prune,
+    React,
+    UpsertUser,
+)
 from .schema import configure, create_private, migrate
 from .threads import ConnectionThread
 from .writer import GroupCommitWriter
@@ -32,6 +45,10 @@ log = structlog.get_logger("unichatd.store")
 T = TypeVar("T")
 
 CHECKPOINT_INTERVAL = 0.1
+INDEX_INTERVAL = 0.2
+"""Seconds between runs of the search indexer while it has caught up."""
+INDEX_BATCH = 5000
+"""Messages indexed per run: a few milliseconds of the writer's time."""
 """Seconds between background WAL checkpoints."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CACHE_PAGES = "-32000"
@@ -70,6 +87,11 @@ class SqliteStore:
         self._checkpointer = ConnectionThread("checkpoint")
         self._writer: GroupCommitWriter | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._index_task: asyncio.Task[None] | None = None
+        self._appends = 1
+        """Messages handed to the writer (from 1: a database opened may hold messages not indexed)."""
+        self._indexed_appends = 0
+        """The value of _appends when the index last caught up with everything committed."""
         self.batch_sizes = Histogram(BATCH_BOUNDS)
         """Operations per group-commit transaction (for metrics)."""
         self.write_latency = Histogram(LATENCY_BOUNDS)
@@ -81,7 +103,7 @@ class SqliteStore:
         create_private(self.path)
         try:
             await self._writer_thread.open(self.path, _set_up_writer)
-            next_id = await self._writer_thread.call(queries.last_message_id) + 1
+            next_id = await self._writer_thread.call(queries.last_number) + 1
             await self._reader.open(self.path, _set_up_reader)
             await self._checkpointer.open(self.path, _set_up_checkpointer)
         except sqlite3.Error as exc:
@@ -89,6 +111,29 @@ class SqliteStore:
         self._writer = GroupCommitWriter(self._writer_thread, next_message_id=next_id, database=str(self.path),
                                          batch_sizes=self.batch_sizes, write_latency=self.write_latency)
         self._checkpoint_task = asyncio.create_task(self._run_checkpoints(), name="unichatd-checkpoint")
+        self._index_task = asyncio.create_task(self._run_indexer(), name="unichatd-indexer")
+
+    async def _run_indexer(self) -> None:
+        """Keep the search index close behind the commits, in batches (see IndexMessages)."""
+        while True:
+            try:
+                caught_up = await self._index_pending()
+            except StoreError:  # a failing write was logged by the writer; the next round tries again
+                caught_up = True
+            if caught_up:
+                await asyncio.sleep(INDEX_INTERVAL)
+
+    async def _index_pending(self) -> bool:
+        """Index up to INDEX_BATCH of the messages appended since the last run; True when
+        none is left.  Costs nothing (no write) when nothing was appended."""
+        appended = self._appends
+        if appended == self._indexed_appends:
+            return True
+        indexed = await self._submit(IndexMessages(INDEX_BATCH))
+        if indexed < INDEX_BATCH:
+            self._indexed_appends = max(self._indexed_appends, appended)
+            return True
+        return False
 
     async def _run_checkpoints(self) -> None:
         """Copy the WAL back into the database in the background, every CHECKPOINT_INTERVAL.
@@ -107,10 +152,11 @@ class SqliteStore:
         """Finish every write already submitted, then close every connection."""
         if self._writer is not None:
             await self._writer.close()
-        if self._checkpoint_task is not None:
-            self._checkpoint_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoint_task
+        for task in (self._index_task, self._checkpoint_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await task
         if self._writer is not None:
             # A last full checkpoint leaves a compact database file behind.
             with contextlib.suppress(sqlite3.Error):
@@ -130,11 +176,23 @@ class SqliteStore:
 
     def append_message(self, message: NewMessage) -> asyncio.Future[Stored]:
         """Store a message; resolves to it (or to the original, for a repeated client_msg_id)."""
+        self._appends += 1
         return self._submit(AppendMessage(message))
 
     def mark_read(self, room_id: int, user_id: int, message_ids: Sequence[int]) -> asyncio.Future[ReadResult | None]:
         """Move the user's read marker; resolves to None when they are not a participant."""
         return self._submit(MarkRead(room_id, user_id, tuple(message_ids)))
+
+    def edit_message(self, room_id: int, message_id: int, user_id: int, content: str,
+                     mentions: tuple[int, ...]) -> asyncio.Future[Change | Refusal]:
+        return self._submit(EditMessage(room_id, message_id, user_id, content, mentions))
+
+    def delete_message(self, room_id: int, message_id: int, user_id: int) -> asyncio.Future[Change | Refusal]:
+        return self._submit(DeleteMessage(room_id, message_id, user_id))
+
+    def react(self, room_id: int, message_id: int, user_id: int, emoji: str,
+              add: bool) -> asyncio.Future[Change | Refusal]:
+        return self._submit(React(room_id, message_id, user_id, emoji, add))
 
     def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
         return self._submit(UpsertUser(user_id, (username, first_name)))
@@ -164,9 +222,32 @@ class SqliteStore:
         """A page of messages, oldest first, and whether more lie beyond it."""
         return await self._reader.call(lambda conn: queries.history(conn, room_id, before_id, after_id, limit))
 
-    async def message_room(self, message_id: int) -> int | None:
-        """The room a message belongs to, or None when there is no such message."""
-        return await self._reader.call(lambda conn: queries.message_room(conn, message_id))
+    async def reply_target(self, message_id: int) -> tuple[int, int] | None:
+        """(room, thread root) of the message a reply answers, or None when there is none."""
+        return await self._reader.call(lambda conn: queries.reply_target(conn, message_id))
+
+    async def thread(self, room_id: int, message_id: int, *, after_id: int | None,
+                     limit: int) -> tuple[Message, list[Message], bool] | None:
+        """The root of the message's thread and a page of its replies; None when the
+        message is not in the room."""
+        return await self._reader.call(lambda conn: queries.thread(conn, room_id, message_id, after_id, limit))
+
+    async def changes(self, room_id: int, *, since_revision: int, through_id: int | None,
+                      limit: int) -> tuple[list[Message], bool]:
+        """Messages changed after ``since_revision``, in revision order."""
+        return await self._reader.call(
+            lambda conn: queries.changes(conn, room_id, since_revision, through_id, limit))
+
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
+                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
+        """Messages of these rooms matching every term, newest first, each with a snippet.
+
+        Messages committed before the search are indexed first, so a search finds them.
+        """
+        expression = fulltext.expression(terms, room_ids)
+        while not await self._index_pending():
+            pass
+        return await self._reader.call(lambda conn: queries.search(conn, expression, before_id, limit))
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""

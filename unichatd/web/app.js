@@ -7,10 +7,13 @@ import { Connection } from "./connection.js";
 import { batched, byId } from "./dom.js";
 import { ChatState, MAX_PAGE, PAGE, WINDOW } from "./state.js";
 import { ComposerView } from "./views/composer.js";
+import { MentionPicker } from "./views/mentions.js";
 import { MessagesView } from "./views/messages.js";
 import { RoomListView } from "./views/rooms.js";
+import { SearchView } from "./views/search.js";
 import { SignInView } from "./views/signin.js";
 import { StatusView } from "./views/status.js";
+import { ThreadView } from "./views/thread.js";
 import { renderTyping } from "./views/typing.js";
 
 const TOKEN_KEY = "unichat_token";
@@ -32,19 +35,51 @@ const signIn = new SignInView({
 const roomList = new RoomListView({ onOpen: openRoom });
 const composer = new ComposerView(Number(meta("unichat-max-content-chars")) || 4000, {
   onSend: sendMessage,
+  onEdit: editMessage,
   onTyping: () => state.current !== null && connection.send({ type: "typing", room_id: state.current }),
   onStopTyping: () => state.current !== null && connection.send({ type: "stop_typing", room_id: state.current }),
   onEscape: () => (PHONE.matches ? back() : roomList.focusRoom(state.current)),
 });
+// What a message's own buttons do, in the list and in the thread panel alike.
+const messageActions = {
+  onReply: (message) => composer.startReply(message),
+  onThread: openThread,
+  onReact: (message, emoji, add) => connection.request(
+    { type: add ? "add_reaction" : "remove_reaction", room_id: message.room_id, message_id: message.id, emoji },
+    "react"),
+  onEdit: (message) => composer.startEdit(message),
+  onDelete: (message) => {
+    // eslint-disable-next-line no-alert
+    if (window.confirm("Delete this message for everyone?")) {
+      connection.request({ type: "delete_message", room_id: message.room_id, message_id: message.id }, "delete");
+    }
+  },
+};
 const messages = new MessagesView(state, {
+  ...messageActions,
   onOlder: () => loadOlder(PAGE),
   onNewer: loadNewer,
-  onReply: (message) => composer.startReply(message),
   onRetry: (clientMsgId) => retry(clientMsgId),
   onJumpUnread: jumpToUnread,
   onJumpLatest: () => { requestLatest(state.current, PAGE); messages.changed({ scroll: "bottom" }); },
   onEscape: () => composer.focus(),
 });
+const thread = new ThreadView(state, {
+  ...messageActions,
+  onSend: sendMessage,
+  onClose: closeThread,
+});
+const search = new SearchView(state, {
+  onSearch: (query) => {
+    search.searching(query);
+    if (connection.request({ type: "search_messages", query }, "search") === null) search.failed("Offline: try again once connected.");
+  },
+  onOpen: (message) => openAt(message.room_id, message.id),
+  onClose: () => { search.close(); byId("search-input").focus(); },
+});
+new MentionPicker(byId("input"), byId("mention-list"), state);
+new MentionPicker(byId("thread-input"), byId("thread-mention-list"), state);
+
 function renderRoomsNow() {
   roomList.render(state.sortedRooms(), state.current);
   status.title(state.totalUnread(), state.rooms.get(state.current)?.name);
@@ -95,6 +130,16 @@ function handle(frame, kind) {
     case "message_ack":
       state.pending.delete(frame.client_msg_id);
       return onMessage(frame.message);
+    case "message_updated": return onChanged(frame.message);
+    case "message_deleted":
+      return onDeleted(frame);
+    case "reactions_updated":
+      return patch(frame.room_id, frame.message_id, { reactions: frame.reactions, revision: frame.revision });
+    case "thread_updated":
+      return patch(frame.room_id, frame.root_id,
+        { reply_count: frame.reply_count, last_reply_at: frame.last_reply_at, revision: frame.revision });
+    case "thread": return onThread(frame);
+    case "search_results": return search.show(frame);
     case "typing": return onTyping(frame);
     case "message_read": return onRead(frame);
     case "unsubscribed":
@@ -148,13 +193,18 @@ function onHistory(frame, kind) {
   if (kind === undefined) {
     // The catch-up after subscribe_room with last_message_id. Longer than one frame:
     // show the latest messages instead of paging through everything missed.
-    if (frame.has_more) { requestLatest(roomId, PAGE); return; }
+    if (frame.has_more || frame.changed_has_more) { requestLatest(roomId, PAGE); return; }
+    for (const changed of frame.changed ?? []) onChanged(changed);
     timeline.addPage(frame.messages, "catchup", false);
-  } else if (kind === "latest" || kind === "older" || kind === "newer") {
+  } else if (kind === "latest" || kind === "older" || kind === "newer" || kind === "around") {
     if (timeline.loading?.requestId !== frame.request_id) return;  // superseded
     timeline.loading = null;
     timeline.addPage(frame.messages, kind, frame.has_more);
   } else {
+    return;
+  }
+  if (kind === "around") {
+    messages.changed({ quiet: true });
     return;
   }
   if (timeline.unreadUpTo === null && kind !== "older" && kind !== "newer") {
@@ -175,13 +225,73 @@ function onMessage(message) {
   // Only the open room is subscribed: a late frame of one just left would leave a gap
   // behind it, so its catch-up starts from what came while it was open.
   if (message.room_id !== state.current) return;
+  thread.take(message);
   state.timeline(message.room_id).addLive(message);
   messages.noteLive();
   messages.changed();
   if (isReading()) markRead();
 }
 
+// A message changed (an edit, or the current object of one changed while we were away).
+function onChanged(message) {
+  state.learn(message);
+  if (message.room_id !== state.current) return;
+  thread.take(message);
+  const timeline = state.timeline(message.room_id);
+  if (timeline.find(message.id)) timeline.update(message.id, message);
+  requote(timeline, message.id);
+  messages.changed();
+}
+
+function onDeleted(frame) {
+  const quoted = state.quotes.get(frame.message_id);
+  if (quoted) quoted.content = "message deleted";
+  patch(frame.room_id, frame.message_id,
+    { deleted: true, content: "", reactions: [], attachments: [], mentions: [], revision: frame.revision });
+  if (frame.room_id === state.current) requote(state.timeline(frame.room_id), frame.message_id);
+}
+
+// Replies quote what they answer: redraw those that quote a message that changed.
+function requote(timeline, messageId) {
+  let touched = false;
+  for (const message of timeline.messages) {
+    if (message.reply_to === messageId) touched = timeline.update(message.id, {}) || touched;
+  }
+  if (touched) messages.changed();
+}
+
+function onThread(frame) {
+  thread.load(frame.root, frame.messages);
+  // A long thread comes a page at a time.
+  if (frame.has_more && frame.root.id === thread.rootId && frame.messages.length) {
+    connection.request({ type: "get_thread", room_id: frame.room_id, message_id: frame.root.id,
+      after_id: thread.lastReplyId, limit: 100 }, "thread");
+  }
+}
+
+// A change the user asked for was refused (the message was deleted meanwhile, say).
+const FAILED_ACTION = {
+  edit: "Could not edit the message", delete: "Could not delete the message",
+  react: "Could not react to the message", thread: "Could not open the thread",
+};
+let noticeTimer = null;
+function notice(text) {
+  const node = byId("room-notice");
+  node.textContent = text;
+  node.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { node.hidden = true; node.textContent = ""; }, 6000);
+}
+
+function patch(roomId, messageId, change) {
+  if (roomId !== state.current) return;
+  thread.update(messageId, change);
+  if (state.timeline(roomId).update(messageId, change)) messages.changed();
+}
+
 function onError(frame, kind) {
+  if (kind === "search") { search.failed(frame.message); return; }
+  if (kind in FAILED_ACTION) { notice(`${FAILED_ACTION[kind]}: ${frame.message}`); return; }
   if (kind && kind.startsWith("send:")) {
     const clientMsgId = kind.slice(5);
     const item = state.pending.get(clientMsgId);
@@ -245,7 +355,8 @@ function subscribe(roomId) {
   const timeline = state.timeline(roomId);
   if (timeline.attached && timeline.lastId !== null) {
     // Catch up on what we missed: the messages after our last, then live, no gap.
-    connection.request({ type: "subscribe_room", room_id: roomId, last_message_id: timeline.lastId }, "subscribe");
+    connection.request({ type: "subscribe_room", room_id: roomId, last_message_id: timeline.lastId,
+      since_revision: timeline.latestRevision() }, "subscribe");
     return;
   }
   connection.request({ type: "subscribe_room", room_id: roomId }, "subscribe");
@@ -318,6 +429,10 @@ function openRoom(roomId) {
     state.timeline(previous).leave();
   }
   seekingUnread = false;
+  if (previous !== roomId) {
+    thread.close();
+    composer.leaveRoom();
+  }
   state.current = roomId;
   composer.show(roomId !== null);
   byId("app").classList.toggle("in-room", roomId !== null);
@@ -337,6 +452,38 @@ function openRoom(roomId) {
     subscribe(roomId);
     composer.focus();
   }
+}
+
+function openThread(message) {
+  const rootId = message.thread_root_id ?? message.id;
+  thread.open(rootId, rootId === message.id ? message : state.timeline(message.room_id).find(rootId));
+  connection.request({ type: "get_thread", room_id: message.room_id, message_id: rootId, limit: 100 }, "thread");
+}
+
+function closeThread() {
+  const rootId = thread.rootId;
+  thread.close();
+  const node = document.querySelector(`#message-list li[data-message-id="${rootId}"]`);
+  (node ?? byId("input")).focus();
+}
+
+// Open a room at one message (a search result): the page of messages up to it, and
+// newer ones as the reader scrolls down.
+function openAt(roomId, messageId) {
+  if (!state.rooms.has(roomId)) return;
+  state.timeline(roomId).reset();
+  if (state.current !== roomId) openRoom(roomId);
+  if (PHONE.matches) search.close();
+  const timeline = state.timeline(roomId);
+  timeline.detach();
+  if (requestPage(roomId, "around", { before_id: messageId + 1, limit: PAGE })) messages.reveal(messageId);
+}
+
+function editMessage(message, content) {
+  const requestId = connection.request(
+    { type: "edit_message", room_id: message.room_id, message_id: message.id, content }, "edit");
+  if (requestId === null) { notice("Offline: the edit was not sent."); return false; }
+  return true;
 }
 
 function back() {

@@ -21,14 +21,25 @@ export function fullTime(iso) {
 }
 
 // Runs `change` (which may move or drop nodes inside `container`) without losing the
-// keyboard focus: a focused node that moved is focused again, one that left the page
-// hands focus to `fallback`.
+// keyboard focus: a focused node that moved is focused again; one that left the page
+// hands focus to the control that replaced it (a message redrawn after an edit or a
+// reaction: the same control of the same message), or else to `fallback`.
 export function keepingFocus(container, change, fallback = container) {
   const active = document.activeElement;
   const inside = active !== null && active !== container && container.contains(active);
+  const message = inside ? active.closest("[data-message-id]") : null;
+  const control = inside ? active.dataset.control : undefined;
   change();
   if (!inside || document.activeElement === active) return;
-  (active.isConnected ? active : fallback).focus({ preventScroll: true });
+  if (active.isConnected) { active.focus({ preventScroll: true }); return; }
+  const redrawn = message && container.querySelector(`[data-message-id="${message.dataset.messageId}"]`);
+  if (redrawn) {
+    redrawn.focus({ preventScroll: true });  // (its actions show while it holds the focus)
+    const same = control && [...redrawn.querySelectorAll("[data-control]")].find((node) => node.dataset.control === control);
+    if (same) same.focus({ preventScroll: true });
+    return;
+  }
+  fallback.focus({ preventScroll: true });
 }
 
 // Coalesces calls into one run per frame; a page in the background (no frames) still

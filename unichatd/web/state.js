@@ -43,9 +43,10 @@ export class Timeline {
   }
 
   // A page of history. "older" pages extend the window back, "newer" and "catchup" ones
-  // forward; "latest" replaces it with the room's newest messages.
+  // forward; "latest" replaces it with the room's newest messages, "around" with the
+  // messages up to one found by search (newer ones are paged in as the reader scrolls).
   addPage(messages, direction, hasMore) {
-    if (direction === "latest") {
+    if (direction === "latest" || direction === "around") {
       // Messages the page already shows keep their objects (and so their nodes).
       const known = new Map(this.messages.map((message) => [message.id, message]));
       this.messages = [];
@@ -58,6 +59,8 @@ export class Timeline {
     if (direction === "older") {
       this.hasOlder = hasMore;
       this.trimNewer();
+    } else if (direction === "around") {
+      this.hasNewer = true;
     } else {
       // The latest page reaches the live end by definition (its has_more speaks of
       // older messages); a newer page or a catch-up does when nothing more follows it.
@@ -75,17 +78,44 @@ export class Timeline {
     this.unreadOnOpen = 0;
     this.unreadUpTo = null;
     if (!this.attached) {
-      this.messages = [];
-      this.ids.clear();
-      this.ahead.clear();
-      this.hasOlder = true;
-      this.hasNewer = true;
-      this.loaded = false;
+      this.reset();
       return;
     }
     if (this.messages.length <= KEPT_WHEN_LEFT) return;
     for (const message of this.messages.splice(0, this.messages.length - KEPT_WHEN_LEFT)) this.ids.delete(message.id);
     this.hasOlder = true;
+  }
+
+  // Forget the window (to show another part of the room).
+  reset() {
+    this.messages = [];
+    this.ids.clear();
+    this.ahead.clear();
+    this.hasOlder = true;
+    this.hasNewer = true;
+    this.loaded = false;
+    this.loading = null;
+  }
+
+  // The message changed (edited, deleted, reacted to, replied to): the window and the
+  // messages waiting ahead of it hold its new state.
+  update(id, change) {
+    const at = this.ids.has(id) ? this.indexOf(id) : -1;
+    if (at >= 0) this.messages[at] = { ...this.messages[at], ...change };
+    const waiting = this.ahead.get(id);
+    if (waiting) this.ahead.set(id, { ...waiting, ...change });
+    return at >= 0;
+  }
+
+  // The largest revision the window holds: changes after it are what a catch-up must bring.
+  latestRevision() {
+    let latest = 0;
+    for (const message of this.messages) latest = Math.max(latest, message.revision ?? 0);
+    return latest;
+  }
+
+  find(id) {
+    return this.ids.has(id) ? this.messages[this.indexOf(id)] : this.ahead.get(id);
   }
 
   // The window no longer reaches the latest message (a catch-up longer than one page).
@@ -177,7 +207,8 @@ export class ChatState {
   learn(message) {
     if (message.sender.username) this.names.set(message.sender.id, message.sender.username);
     this.quotes.delete(message.id);
-    this.quotes.set(message.id, { username: message.sender.username, content: message.content.slice(0, 200) });
+    const content = message.deleted ? "message deleted" : message.content.slice(0, 200);
+    this.quotes.set(message.id, { username: message.sender.username, content });
     if (this.quotes.size > QUOTES_KEPT) this.quotes.delete(this.quotes.keys().next().value);
   }
 
@@ -190,6 +221,18 @@ export class ChatState {
     for (const room of rooms) {
       for (const person of room.participants) if (person.username) this.names.set(person.id, person.username);
     }
+  }
+
+  // The open room's participants other than me whose name starts with `prefix`.
+  mentionable(prefix) {
+    const room = this.rooms.get(this.current);
+    const wanted = prefix.toLowerCase();
+    return (room?.participants ?? []).filter((person) => person.id !== this.me?.id
+      && person.username.toLowerCase().startsWith(wanted));
+  }
+
+  mentionsMe(message) {
+    return this.me !== null && (message.mentions ?? []).includes(this.me.id);
   }
 
   totalUnread() {

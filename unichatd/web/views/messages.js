@@ -9,8 +9,8 @@ const NEAR_PX = 300;    // this close to an end of the list, the next page is as
 const PINNED_PX = 40;   // this close to the bottom, new messages keep the view at the bottom
 
 export class MessagesView {
-  // handlers: onOlder(), onNewer(), onReply(message), onRetry(clientMsgId),
-  // onJumpUnread(), onJumpLatest(), onEscape()
+  // handlers: onOlder(), onNewer(), onRetry(clientMsgId), onJumpUnread(), onJumpLatest(),
+  // onEscape(), and the message actions of messageNode below
   constructor(state, handlers) {
     this.state = state;
     this.handlers = handlers;
@@ -25,6 +25,7 @@ export class MessagesView {
     this.roomId = null;
     this.pinned = true;
     this.scrollTo = null;    // "bottom" | "divider", done at the next flush
+    this.found = null;       // the id of a message opened from search: shown and focused once it is in
     this.dirty = false;      // the state changed since the last flush
     this.quiet = false;      // the next flush adds history, not news: keep screen readers quiet
     this.dividerSeen = false;
@@ -45,8 +46,15 @@ export class MessagesView {
     this.jumpUnread.addEventListener("click", () => this.jumpToUnread());
   }
 
+  // Show the message `id` once the page holding it is in.
+  reveal(id) {
+    this.found = id;
+    this.changed({ quiet: true });
+  }
+
   show(roomId) {
     this.roomId = roomId;
+    this.found = null;
     this.list.replaceChildren();
     this.nodes.clear();
     this.active = null;
@@ -78,7 +86,15 @@ export class MessagesView {
     keepingFocus(this.list, () => this.reconcile(timeline), this.box);
     this.placeReceipt();
     byId("older").hidden = !timeline.isLoading("older");
-    if (this.scrollTo === "divider" && this.divider.isConnected && !this.dividerSeen) {
+    const found = this.found === null ? null : this.nodes.get(`m${this.found}`)?.node;
+    if (found) {
+      this.found = null;
+      this.scrollTo = null;
+      this.pinned = false;
+      found.classList.add("found");
+      found.scrollIntoView({ block: "center" });
+      found.focus({ preventScroll: true });
+    } else if (this.scrollTo === "divider" && this.divider.isConnected && !this.dividerSeen) {
       this.divider.scrollIntoView({ block: "start" });
       this.pinned = this.distanceFromBottom() < PINNED_PX && timeline.attached;
     } else if (this.scrollTo === "bottom" || this.scrollTo === "divider" || this.pinned) {
@@ -140,32 +156,7 @@ export class MessagesView {
   }
 
   messageNode(message) {
-    const mine = this.state.isMine(message);
-    const node = el("li", mine ? "message mine" : "message");
-    node.tabIndex = -1;
-    node.dataset.messageId = message.id;
-    const author = mine ? "you" : message.sender.username;
-    const meta = el("div", "meta");
-    const name = el("span", "author", author);
-    name.dir = "auto";
-    meta.append(name);
-    if (message.timestamp) {
-      const time = el("time", "", formatTime(message.timestamp));
-      time.dateTime = message.timestamp;
-      time.title = fullTime(message.timestamp);
-      meta.append(time);
-    }
-    node.append(meta);
-    if (message.reply_to) node.append(this.quoteNode(message.reply_to));
-    const text = el("p", "text", message.content);
-    text.dir = "auto";
-    const reply = el("button", "link action", "reply");
-    reply.type = "button";
-    reply.tabIndex = -1;
-    reply.setAttribute("aria-label", `Reply to ${author}`);
-    reply.addEventListener("click", () => this.handlers.onReply(message));
-    node.append(text, reply);
-    return node;
+    return messageNode(message, this.state, this.handlers, (id) => this.quoteNode(id));
   }
 
   quoteNode(id) {
@@ -335,4 +326,127 @@ export class MessagesView {
     for (let at = messages.length - 1; at >= 0; at -= 1) if (messages[at].offsetTop < bottom) return at;
     return messages.length - 1;
   }
+}
+
+const PALETTE = ["👍", "❤️", "😂", "🎉", "😮", "👀"];
+
+// One message as the list and the thread panel show it: author, time, "edited", the
+// quote of what it answers, the text (or "message deleted"), reactions, the thread's
+// reply count, and its actions. handlers: onReply(message), onThread(message),
+// onReact(message, emoji, add), onEdit(message), onDelete(message).
+export function messageNode(message, state, handlers, quoteNode, { inThread = false } = {}) {
+  const mine = state.isMine(message);
+  let className = mine ? "message mine" : "message";
+  if (message.deleted) className += " deleted";
+  if (!message.deleted && state.mentionsMe(message)) className += " mentioned";
+  const node = el("li", className);
+  node.tabIndex = -1;
+  node.dataset.messageId = message.id;
+  const author = mine ? "you" : message.sender.username;
+  const meta = el("div", "meta");
+  const name = el("span", "author", author);
+  name.dir = "auto";
+  meta.append(name);
+  if (message.timestamp) {
+    const time = el("time", "", formatTime(message.timestamp));
+    time.dateTime = message.timestamp;
+    time.title = fullTime(message.timestamp);
+    meta.append(time);
+  }
+  if (message.edited_at && !message.deleted) {
+    const edited = el("span", "edited", "(edited)");
+    edited.title = `edited ${fullTime(message.edited_at)}`;
+    meta.append(edited);
+  }
+  node.append(meta);
+  if (message.reply_to && !inThread) node.append(quoteNode(message.reply_to));
+  if (message.deleted) {
+    node.append(el("p", "text gone", "message deleted"));
+  } else {
+    const text = el("p", "text", message.content);
+    text.dir = "auto";
+    node.append(text);
+  }
+  if (message.reactions?.length) node.append(reactionsNode(message, state, handlers));
+  if (message.reply_count > 0 && !inThread) {
+    const count = message.reply_count;
+    const link = button("link replies", `${count} ${count === 1 ? "reply" : "replies"}`, () => handlers.onThread(message),
+      "replies");
+    link.setAttribute("aria-label", `${count} ${count === 1 ? "reply" : "replies"} in thread`);
+    node.append(link);
+  }
+  if (!message.deleted) node.append(actionsNode(message, mine, state, handlers, author, inThread));
+  // A long press on a touch screen shows the actions, as hovering does with a mouse.
+  let press = null;
+  node.addEventListener("touchstart", () => {
+    press = setTimeout(() => node.classList.add("show-actions"), 450);
+  }, { passive: true });
+  for (const end of ["touchend", "touchmove", "touchcancel"]) node.addEventListener(end, () => clearTimeout(press), { passive: true });
+  return node;
+}
+
+// `control` names the button within its message, so focus can find it again when the
+// message is redrawn (dom.keepingFocus).
+function button(className, text, onClick, control) {
+  const node = el("button", className, text);
+  node.type = "button";
+  node.dataset.control = control;
+  node.tabIndex = -1;  // in the Tab order only while its message is focused (MessagesView.activate)
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+function reactionsNode(message, state, handlers) {
+  const row = el("div", "reactions");
+  for (const reaction of message.reactions) {
+    const mine = state.me !== null && reaction.user_ids.includes(state.me.id);
+    const chip = button(mine ? "reaction mine" : "reaction", `${reaction.emoji} ${reaction.count}`,
+      () => handlers.onReact(message, reaction.emoji, !mine), `chip ${reaction.emoji}`);
+    chip.setAttribute("aria-pressed", String(mine));
+    const who = reaction.user_ids.map((id) => (id === state.me?.id ? "you" : state.nameOf(id))).join(", ");
+    chip.title = who;
+    chip.setAttribute("aria-label", `${reaction.emoji} ${reaction.count}: ${who}`);
+    row.append(chip);
+  }
+  return row;
+}
+
+function actionsNode(message, mine, state, handlers, author, inThread) {
+  const actions = el("div", "actions");
+  const palette = el("div", "palette");
+  palette.hidden = true;
+  for (const emoji of PALETTE) {
+    const pick = button("emoji", emoji, () => {
+      palette.hidden = true;
+      const had = (message.reactions ?? []).some((r) => r.emoji === emoji && r.user_ids.includes(state.me?.id));
+      handlers.onReact(message, emoji, !had);
+    }, `chip ${emoji}`);
+    pick.setAttribute("aria-label", `React with ${emoji}`);
+    palette.append(pick);
+  }
+  const react = button("link action", "react", () => {
+    palette.hidden = !palette.hidden;
+    if (!palette.hidden) palette.querySelector("button").focus();
+  }, "react");
+  react.setAttribute("aria-label", `React to ${author}`);
+  react.setAttribute("aria-expanded", "false");
+  new MutationObserver(() => react.setAttribute("aria-expanded", String(!palette.hidden)))
+    .observe(palette, { attributes: true, attributeFilter: ["hidden"] });
+  actions.append(react);
+  if (!inThread) {
+    const reply = button("link action", "reply", () => handlers.onReply(message), "reply");
+    reply.setAttribute("aria-label", `Reply to ${author}`);
+    const thread = button("link action", "thread", () => handlers.onThread(message), "thread");
+    thread.setAttribute("aria-label", `Reply in thread to ${author}`);
+    actions.append(reply, thread);
+  }
+  if (mine) {
+    const edit = button("link action", "edit", () => handlers.onEdit(message), "edit");
+    edit.setAttribute("aria-label", "Edit your message");
+    const remove = button("link action", "delete", () => handlers.onDelete(message), "delete");
+    remove.setAttribute("aria-label", "Delete your message");
+    actions.append(edit, remove);
+  }
+  actions.append(palette);
+  return actions;
 }

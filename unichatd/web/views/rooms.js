@@ -38,12 +38,14 @@ export class RoomListView {
     const time = el("span", "room-time");
     const preview = el("span", "room-preview");
     const badge = el("span", "badge");
+    const mention = el("span", "mention-badge", "@");
     name.dir = preview.dir = "auto";
     badge.setAttribute("aria-hidden", "true");
+    mention.setAttribute("aria-hidden", "true");
     button.append(name, time, preview);
     button.addEventListener("click", () => this.onOpen(roomId));
     item.append(button);
-    const parts = { item, button, name, time, preview, badge };
+    const parts = { item, button, name, time, preview, badge, mention };
     this.items.set(roomId, parts);
     return parts;
   }
@@ -61,8 +63,17 @@ export class RoomListView {
     } else {
       parts.badge.remove();
     }
-    // The button's name: the room, then what the badge shows (a bare number says nothing).
-    parts.button.setAttribute("aria-label", unread ? `${room.name}, ${unread} unread` : room.name);
+    const mentions = room.id === currentId ? 0 : room.mention_count || 0;
+    if (mentions) {
+      parts.mention.title = `${mentions} mention${mentions === 1 ? "" : "s"} of you`;
+      if (!parts.mention.isConnected) parts.button.append(parts.mention);
+    } else {
+      parts.mention.remove();
+    }
+    // The button's name: the room, then what the badges show (a bare number says nothing).
+    let label = unread ? `${room.name}, ${unread} unread` : room.name;
+    if (mentions) label += `, ${mentions} mention${mentions === 1 ? "" : "s"} of you`;
+    parts.button.setAttribute("aria-label", label);
     if (room.id === currentId) parts.button.setAttribute("aria-current", "true");
     else parts.button.removeAttribute("aria-current");
   }
