@@ -2,9 +2,10 @@
 
 The database holds ``--messages`` messages spread over ``--list-rooms`` rooms, each a
 few words drawn from a vocabulary with a Zipf-like spread, so some words are in a tenth
-of all messages and others in a handful.  Two users search over a real connection, one
-query at a time: one who is a participant of every room, and one of a few rooms (the
-index must then skip the other rooms' matches).  (The latencies travel in the report's
+of all messages and others in a handful.  Three users search over a real connection, one
+query at a time: a participant of every room, of half of them (the costliest room filter:
+the longest list either way), and of a few (the index must then skip the other rooms'
+matches).  (The latencies travel in the report's
 ``ack_ms`` and ``delivery_ms`` lists.)  Words are drawn from every frequency
 band; latency is measured from the request to its ``search_results``.
 """
@@ -30,8 +31,8 @@ from .harness import BENCH_KEY, BenchServer, ClientReport, Job, StartGate, perce
 VOCABULARY = 20_000
 WORDS_PER_MESSAGE = (4, 14)
 FEW_ROOMS = 5
-"""Rooms of the second searcher."""
-EVERY_ROOM_USER, FEW_ROOMS_USER, SENDER = 1, 2, 3
+"""Rooms of the third searcher."""
+EVERY_ROOM_USER, FEW_ROOMS_USER, SENDER, HALF_ROOMS_USER = 1, 2, 3, 4
 
 
 def word(rank: int) -> str:
@@ -50,7 +51,8 @@ def build_search_db(path: Path, *, messages: int, rooms: int, seed: int = 11) ->
     admin = AdminStore(path)
     room_ids = []
     for index in range(rooms):
-        members = [EVERY_ROOM_USER, SENDER] + ([FEW_ROOMS_USER] if index < FEW_ROOMS else [])
+        members = [EVERY_ROOM_USER, SENDER] + ([FEW_ROOMS_USER] if index < FEW_ROOMS else []) + (
+            [HALF_ROOMS_USER] if index % 2 else [])
         room_ids.append(admin.create_room(f"room-{index}", "group", members))
     rng = random.Random(seed)
     # Zipf-like: rank r is drawn with weight 1/r.
@@ -81,7 +83,9 @@ async def _search_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
     report = ClientReport()
     await gate.ready_and_wait()
     rng = random.Random(5)
+    half: list[float] = []
     for user_id, key, timings in ((EVERY_ROOM_USER, "every_room", report.ack_ms),
+                                  (HALF_ROOMS_USER, "half_rooms", half),
                                   (FEW_ROOMS_USER, "few_rooms", report.delivery_ms)):
         token = mint_token(job["key"], user_id, f"u{user_id}", ttl=3600)
         found = 0
@@ -102,6 +106,9 @@ async def _search_client(job: dict[str, Any], gate: StartGate) -> ClientReport:
                 else:
                     found += len(reply["messages"])
         report.extra[f"{key}_results"] = found
+    # (report.extra holds numbers, summed over client processes; this scenario runs one)
+    for name, value in percentiles(half).items():
+        report.extra[f"half_rooms_{name}"] = value
     return report
 
 
@@ -123,6 +130,8 @@ def scenario_search(args: argparse.Namespace) -> dict[str, Any]:
         "build_s": round(build_seconds, 1), "queries": args.queries,
         "every_room_ms": percentiles(report.ack_ms),
         "every_room_results": report.extra.get("every_room_results"),
+        "half_rooms_ms": {name: report.extra.get(f"half_rooms_{name}") for name in ("p50", "p95", "p99", "max")},
+        "half_rooms_results": report.extra.get("half_rooms_results"),
         f"{FEW_ROOMS}_rooms_ms": percentiles(report.delivery_ms),
         f"{FEW_ROOMS}_rooms_results": report.extra.get("few_rooms_results"),
         "errors": sum(report.errors.values()), "error_codes": dict(report.errors),

@@ -612,3 +612,18 @@ async def test_random_queries_never_fail_the_server(chat: RunningServer) -> None
             assert reply["code"] in ("invalid_message", "rate_limited"), (queries[reply["request_id"]], reply)
         else:
             assert all(m["room_id"] == room for m in reply["messages"]), (queries[reply["request_id"]], reply)
+
+
+async def test_a_member_the_cli_just_added_can_be_mentioned_at_once(chat: RunningServer) -> None:
+    """The server learns of CLI membership changes by polling; a name in a message that
+    matches no participant makes it read the changes first, so the new member is mentioned."""
+    room = await chat.create_room("team", [1])
+    alice = await chat.connect(1, "alice")
+    await (await chat.connect(2, "bob")).close()  # bob is known by name, not in the room yet
+    admin = chat.admin()
+    try:
+        admin.add_members(room, [2])
+    finally:
+        admin.close()
+    sent = await say(alice, room, "welcome @bob")
+    assert sent["mentions"] == [2]

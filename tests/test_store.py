@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from unichatd.errors import StoreError
-from unichatd.models import NewMessage
+from unichatd.models import NewMessage, Refusal
 from unichatd.store import AdminStore, SqliteStore
 
 pytestmark = pytest.mark.asyncio
@@ -90,3 +90,32 @@ async def test_writes_after_close_fail_with_a_store_error(tmp_path: Path) -> Non
     future = store.append_message(_message(room, 1, "late"))
     with pytest.raises(StoreError, match="closing"):
         await asyncio.wait_for(future, 5)
+
+
+async def test_numbers_are_never_given_twice_even_after_retention_and_a_restart(tmp_path: Path) -> None:
+    """Ids and revisions share one counter that outlives the rows: after retention deleted
+    the messages holding the largest numbers, a restarted store still gives new ones, and
+    the search index still takes the new messages."""
+    from unichatd.protocol.search import parse_query
+
+    db, room = _room(tmp_path, [1])
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        sent = [await store.append_message(_message(room, 1, f"old{n} word")) for n in range(3)]
+        change = await store.react(room, sent[-1].message.id, 1, "👍", True)
+        assert not isinstance(change, Refusal)
+        highest = change.message.revision
+        assert await store.prune(room, 2**62, 100) == 3
+    finally:
+        await store.close()
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        fresh = (await store.append_message(_message(room, 1, "fresh word"))).message
+        assert fresh.id > highest
+        assert fresh.revision == fresh.id
+        hits, _ = await store.search([room], parse_query("word"), before_id=None, limit=10)
+        assert [message.id for message, _ in hits] == [fresh.id]
+    finally:
+        await store.close()

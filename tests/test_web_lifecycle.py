@@ -195,3 +195,40 @@ async def test_search_marks_matches_and_opens_the_room_at_the_message(browser: A
     await bob.locator("#search-input").fill('"open quote')
     await bob.locator("#search-input").press("Enter")
     await expect(bob.locator("#search-summary")).to_contain_text("not closed", timeout=WAIT_MS)
+
+
+async def test_changes_made_while_offline_show_after_reconnecting(browser: Any, tmp_path: Any) -> None:
+    """A room opened at a search result (a window away from the live end): edits and
+    reactions made while the page was disconnected show once it is back."""
+    from playwright.async_api import expect
+
+    from tests.browsing import fill_room
+    from tests.conftest import free_port, make_config, start_server
+
+    config = make_config(tmp_path, server={"port": free_port()},
+                         limits={"messages_per_second": 10_000, "message_burst": 10_000})
+    running = await start_server(config)
+    try:
+        room = await running.create_room("general", [1, 2])
+        await fill_room(running, room, 1, "alice", ["the budget draft"] + [f"filler {n}" for n in range(120)])
+        bob = await open_page(browser, running, 2, "bob")
+        await bob.locator("#search-input").fill("budget")
+        await bob.locator("#search-input").press("Enter")
+        await bob.locator("#search-list .result").click()
+        found = bob.locator("#message-list .message.found")
+        await expect(found).to_contain_text("the budget draft", timeout=WAIT_MS)
+        await running.server.stop()
+        await expect(bob.locator("#conn-state")).not_to_have_attribute("data-state", "online", timeout=WAIT_MS)
+        running = await start_server(config)
+        alice = await running.connect(1, "alice")
+        await alice.request({"type": "edit_message", "room_id": room, "message_id": 1,
+                             "content": "the budget, final"}, "message_updated")
+        await alice.request({"type": "add_reaction", "room_id": room, "message_id": 1, "emoji": "✅"},
+                            "reactions_updated")
+        await alice.close()
+        await expect(bob.locator("#conn-state")).to_have_attribute("data-state", "online", timeout=20_000)
+        shown = bob.locator('#message-list li[data-message-id="1"]')
+        await expect(shown.locator(".text")).to_have_text("the budget, final", timeout=WAIT_MS)
+        await expect(shown.locator(".reaction")).to_have_text("✅ 1")
+    finally:
+        await running.server.stop()

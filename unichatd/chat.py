@@ -182,12 +182,22 @@ class Chat:
             thread_root_id = target[1]
             # The membership may have changed while the store was asked.
             self.check_access(request.room_id, user_id)
+        mentions = await self._mentions(request.room_id, user_id, request.content)
         identity = connection.identity
         return self.store.append_message(NewMessage(
             request.room_id, user_id, identity.username, identity.first_name,
-            request.content, request.reply_to, request.client_msg_id, thread_root_id,
-            self.directory.mentioned(request.room_id, request.content),
+            request.content, request.reply_to, request.client_msg_id, thread_root_id, mentions,
         ))
+
+    async def _mentions(self, room_id: int, user_id: int, content: str) -> tuple[int, ...]:
+        """Who ``content`` mentions; a name that matches no participant may be one the CLI
+        added a moment ago, so membership changes not applied yet are read first."""
+        mentions, complete = self.directory.mentioned(room_id, content)
+        if complete:
+            return mentions
+        await self.membership.catch_up()
+        self.check_access(room_id, user_id)
+        return self.directory.mentioned(room_id, content)[0]
 
     def message_stored(self, connection: Connection, stored: Stored, wire: bytes) -> None:
         """After the commit (and the sender's ack): fan the new message out."""
@@ -214,8 +224,8 @@ class Chat:
                            answer: Callable[[bytes], None]) -> None:
         room_id, user_id = request.room_id, connection.user_id
         await self.ensure_access(room_id, user_id)
-        outcome = await self.store.edit_message(room_id, request.message_id, user_id, request.content,
-                                                self.directory.mentioned(room_id, request.content))
+        mentions = await self._mentions(room_id, user_id, request.content)
+        outcome = await self.store.edit_message(room_id, request.message_id, user_id, request.content, mentions)
         change = self._accepted(outcome, room_id, "edit")
         relist = self.directory.record_change(change)
         answer(protocol.message_updated_frame(change.message, request.request_id))

@@ -136,16 +136,18 @@ class RoomDirectory:
         room = self.rooms.get(room_id)
         return room.owner_id if room is not None else None
 
-    def mentioned(self, room_id: int, content: str) -> tuple[int, ...]:
-        """The participants ``content`` names as ``@username`` (case-insensitively)."""
+    def mentioned(self, room_id: int, content: str) -> tuple[tuple[int, ...], bool]:
+        """The participants ``content`` names as ``@username`` (case-insensitively), and
+        whether every name it holds is one of them."""
         if "@" not in content:
-            return ()
+            return (), True
         names = {match.group(1).rstrip(".-").casefold() for match in _MENTION.finditer(content)}
         if not names:
-            return ()
+            return (), True
         users = self.users
-        return tuple(user_id for user_id in self.participants(room_id)
-                     if user_id in users and users[user_id][0].casefold() in names)
+        found = tuple(user_id for user_id in self.participants(room_id)
+                      if user_id in users and users[user_id][0].casefold() in names)
+        return found, len(found) >= len(names)
 
     def room_state(self, room_id: int, user_id: int) -> dict[str, Any]:
         """The fields of ``room_updated`` that a room list shows, as ``user_id`` sees them."""

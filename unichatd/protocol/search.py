@@ -3,7 +3,8 @@
 Words match whole words; a trailing ``*`` makes a prefix; text in double quotes is a
 phrase; every term must match.  Nothing else is an operator: ``OR``, ``NEAR(``, ``-``,
 ``col:`` and the like are plain text, so a query can never reach the index as syntax
-(see ``store.fulltext``, which quotes every term).
+(see ``store.fulltext``, which quotes every term).  Words joined by anything but white
+space (``under_score``, ``e-mail``, ``12:30``) are a phrase, as the index splits them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 MAX_QUERY_CHARS = 256
 MAX_TERMS = 16
+MIN_PREFIX_CHARS = 2
+"""A shorter prefix would make the index merge the postings of a good part of its words."""
 
 _WORD = re.compile(r"[^\W_]+(\*)?")
 """A run of letters and digits (what the index calls a word), and a prefix star."""
@@ -47,11 +50,17 @@ def parse_query(query: str) -> tuple[SearchTerm, ...]:
             continue
         end = query.find('"', position)
         end = len(query) if end < 0 else end
-        for match in _WORD.finditer(query, position, end):
-            terms.append(SearchTerm(match.group(0).rstrip("*"), prefix=match.group(1) is not None))
+        for chunk in query[position:end].split():
+            matches = list(_WORD.finditer(chunk))
+            if matches:
+                terms.append(SearchTerm(" ".join(match.group(0).rstrip("*") for match in matches),
+                                        prefix=matches[-1].group(1) is not None))
         position = end
     if not terms:
         raise QueryError("field 'query' has no words to search for")
+    for term in terms:
+        if term.prefix and len(term.text.rsplit(" ", 1)[-1]) < MIN_PREFIX_CHARS:
+            raise QueryError(f"field 'query': a prefix* needs at least {MIN_PREFIX_CHARS} characters")
     if len(terms) > MAX_TERMS:
         raise QueryError(f"field 'query' has more than {MAX_TERMS} terms")
     return tuple(terms)

@@ -103,6 +103,7 @@ class AdminStore:
                     conn.executemany(_IMPORT_SQL, batch)
                     batch.clear()
             conn.executemany(_IMPORT_SQL, batch)
+            conn.execute("UPDATE message_numbers SET last = ?", (next(numbers) - 1,))
             while index_messages(conn, 100_000):
                 pass
 

@@ -44,6 +44,8 @@ class MessageIds:
 class Operation(Protocol[T_co]):
     batched: ClassVar[bool]
     """True when consecutive operations of this type run together (see ``run_many``)."""
+    background: ClassVar[bool]
+    """True for the writer's own upkeep (indexing), which no client waits for."""
     kind: ClassVar[str]
     """What the log calls it."""
 
@@ -56,6 +58,7 @@ class AppendMessage:
 
     message: NewMessage
     batched: ClassVar[bool] = True
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "message"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Stored:
@@ -146,6 +149,7 @@ class MarkRead:
     user_id: int
     message_ids: tuple[int, ...]
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "read"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> ReadResult | None:
@@ -195,6 +199,7 @@ class EditMessage:
     content: str
     mentions: tuple[int, ...]
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "edit"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
@@ -222,6 +227,7 @@ class DeleteMessage:
     message_id: int
     user_id: int
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "delete"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
@@ -255,6 +261,7 @@ class React:
     emoji: str
     add: bool
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "reaction"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Change | Refusal:
@@ -293,6 +300,7 @@ class UpsertUser:
     names: tuple[str, str]
     """(username, first_name)"""
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "user"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
@@ -315,6 +323,7 @@ class LoadRooms:
 
     room_ids: tuple[int, ...] | None
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "load"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Snapshot:
@@ -329,6 +338,7 @@ class Prune:
     before_ms: int
     limit: int
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "prune"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
@@ -372,6 +382,7 @@ class IndexMessages:
 
     limit: int
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = True
     kind: ClassVar[str] = "index"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
@@ -383,6 +394,7 @@ class Barrier:
     """Writes nothing: resolves once every write submitted before it has committed."""
 
     batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
     kind: ClassVar[str] = "barrier"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:

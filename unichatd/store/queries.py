@@ -219,6 +219,5 @@ def membership_changes(conn: sqlite3.Connection, after_log_id: int) -> list[Memb
 
 
 def last_number(conn: sqlite3.Connection) -> int:
-    """The largest message id or revision given so far (they share one counter)."""
-    return int(conn.execute("SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM messages), "
-                            "(SELECT COALESCE(MAX(revision), 0) FROM messages))").fetchone()[0])
+    """The last number given as a message id or a revision (they share one counter)."""
+    return int(conn.execute("SELECT last FROM message_numbers").fetchone()[0])

@@ -100,6 +100,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE messages ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
         -- Ids grow in commit order within a room, so they are valid first revisions.
         UPDATE messages SET revision = id;
+        -- The last number given as a message id or a revision (they share one counter),
+        -- kept here because retention may delete the rows that held the largest ones:
+        -- a number is never given twice.
+        CREATE TABLE message_numbers (last INTEGER NOT NULL);
+        INSERT INTO message_numbers SELECT MAX(
+            (SELECT COALESCE(MAX(id), 0) FROM messages), (SELECT COALESCE(MAX(pruned_through), 0) FROM rooms));
         -- Partial indexes: a new message (not deleted, not changed, not a reply) touches
         -- none of them, so a send writes the same index entries as in v1.
         CREATE INDEX messages_deleted ON messages(room_id, id, sender_id) WHERE deleted = 1;

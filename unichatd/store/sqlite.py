@@ -1,8 +1,10 @@
 """The daemon's SQLite store: the embedded :class:`~unichatd.interfaces.MessageStore`.
 
-Three connections, each on its own thread: the group-commit *writer* owns every
-write; the *reader* serves history pages (WAL lets it read while the writer writes);
-the *checkpointer* copies the WAL back into the database in the background.  One
+Four connections, each on its own thread: the group-commit *writer* owns every
+write (the search indexer's batches included); the *reader* serves history pages,
+threads and changes (WAL lets it read while the writer writes); the *searcher* runs
+full-text searches; the *checkpointer* copies the WAL back into the database in the
+background.  One
 daemon per database file: the CLI's room commands write rooms and participants
 (never messages) and log each change in ``membership_log``, which the daemon polls.
 """
@@ -35,8 +37,9 @@ from .operations import (
     Prune,
     React,
     UpsertUser,
+    index_messages,
 )
-from .schema import configure, create_private, migrate
+from .schema import configure, create_private, immediate, migrate
 from .threads import ConnectionThread
 from .writer import GroupCommitWriter
 
@@ -67,6 +70,13 @@ def _set_up_writer(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
+def _index_everything(conn: sqlite3.Connection) -> None:
+    while True:
+        with immediate(conn):
+            if index_messages(conn, INDEX_BATCH) < INDEX_BATCH:
+                return
+
+
 def _set_up_reader(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
@@ -84,12 +94,15 @@ class SqliteStore:
         self.path = path
         self._writer_thread = ConnectionThread("writer")
         self._reader = ConnectionThread("reader")
+        self._searcher = ConnectionThread("search")
+        """Searches read on a connection of their own: a slow one never holds up a history
+        page, a catch-up or a reply's check."""
         self._checkpointer = ConnectionThread("checkpoint")
         self._writer: GroupCommitWriter | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._index_task: asyncio.Task[None] | None = None
-        self._appends = 1
-        """Messages handed to the writer (from 1: a database opened may hold messages not indexed)."""
+        self._appends = 0
+        """Messages handed to the writer."""
         self._indexed_appends = 0
         """The value of _appends when the index last caught up with everything committed."""
         self.batch_sizes = Histogram(BATCH_BOUNDS)
@@ -103,8 +116,11 @@ class SqliteStore:
         create_private(self.path)
         try:
             await self._writer_thread.open(self.path, _set_up_writer)
+            # Messages not indexed yet (an import, a crash before the indexer ran) go in now.
+            await self._writer_thread.call(_index_everything)
             next_id = await self._writer_thread.call(queries.last_number) + 1
             await self._reader.open(self.path, _set_up_reader)
+            await self._searcher.open(self.path, _set_up_reader)
             await self._checkpointer.open(self.path, _set_up_checkpointer)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
@@ -161,7 +177,7 @@ class SqliteStore:
             # A last full checkpoint leaves a compact database file behind.
             with contextlib.suppress(sqlite3.Error):
                 await self._writer_thread.call(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
-        for thread in (self._checkpointer, self._reader, self._writer_thread):
+        for thread in (self._checkpointer, self._searcher, self._reader, self._writer_thread):
             await thread.close()
         self._writer = None
 
@@ -244,10 +260,15 @@ class SqliteStore:
 
         Messages committed before the search are indexed first, so a search finds them.
         """
-        expression = fulltext.expression(terms, room_ids)
         while not await self._index_pending():
             pass
-        return await self._reader.call(lambda conn: queries.search(conn, expression, before_id, limit))
+
+        def search(conn: sqlite3.Connection) -> tuple[list[tuple[Message, str]], bool]:
+            mine = set(room_ids)
+            others = [room_id for (room_id,) in conn.execute("SELECT id FROM rooms") if room_id not in mine]
+            return queries.search(conn, fulltext.expression(terms, room_ids, others), before_id, limit)
+
+        return await self._searcher.call(search)
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""

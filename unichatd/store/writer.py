@@ -95,8 +95,11 @@ class GroupCommitWriter:
                     log.warning("store.write_recovered", after=self._failure)
                     self._failure = None
             finally:
-                self._batch_sizes.observe(len(batch))
-                self._write_latency.observe(time.perf_counter() - started)
+                # (the metrics describe the writes clients wait for, not background indexing)
+                requested = sum(1 for pending in batch if not pending.operation.background)
+                if requested:
+                    self._batch_sizes.observe(requested)
+                    self._write_latency.observe(time.perf_counter() - started)
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue
@@ -136,5 +139,7 @@ class GroupCommitWriter:
                 else:
                     results.append(operation.run(conn, ids))
                     start += 1
+            if ids.next != self._ids.next:
+                conn.execute("UPDATE message_numbers SET last = ?", (ids.next - 1,))
         self._ids = ids  # only a committed batch uses up ids
         return results

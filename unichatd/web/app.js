@@ -140,6 +140,7 @@ function handle(frame, kind) {
         { reply_count: frame.reply_count, last_reply_at: frame.last_reply_at, revision: frame.revision });
     case "thread": return onThread(frame);
     case "search_results": return search.show(frame);
+    case "changes": return onChanges(frame);
     case "typing": return onTyping(frame);
     case "message_read": return onRead(frame);
     case "unsubscribed":
@@ -156,6 +157,10 @@ function onEstablished(frame) {
   byId("me").textContent = frame.username;
   connection.request({ type: "get_room_list" }, "rooms");
   if (state.current !== null) subscribe(state.current);
+  if (thread.rootId !== null) {  // replies may have come while the connection was down
+    connection.request({ type: "get_thread", room_id: state.current, message_id: thread.rootId, limit: 100 },
+      "thread");
+  }
   // Sends never acknowledged go out again with the same client_msg_id: the server
   // stores each once, whatever happened to the first attempt.
   for (const [clientMsgId, item] of state.pending) if (item.status !== "failed") transmit(clientMsgId, item);
@@ -189,12 +194,19 @@ function onHistory(frame, kind) {
   const roomId = frame.room_id;
   if (roomId !== state.current) return;  // a late answer for a room left meanwhile
   const timeline = state.timeline(roomId);
-  for (const message of frame.messages) state.learn(message);
+  for (const message of frame.messages) {
+    state.learn(message);
+    thread.take(message);
+  }
   if (kind === undefined) {
-    // The catch-up after subscribe_room with last_message_id. Longer than one frame:
-    // show the latest messages instead of paging through everything missed.
-    if (frame.has_more || frame.changed_has_more) { requestLatest(roomId, PAGE); return; }
+    // The catch-up after subscribe_room with last_message_id.
     for (const changed of frame.changed ?? []) onChanged(changed);
+    // The window is being replaced by the page around a search result: that page, and
+    // paging on from it, bring what the catch-up would.
+    if (timeline.isLoading("around")) return;
+    // Longer than one frame: show the latest messages instead of paging through
+    // everything missed.
+    if (frame.has_more || frame.changed_has_more) { requestLatest(roomId, PAGE); return; }
     timeline.addPage(frame.messages, "catchup", false);
   } else if (kind === "latest" || kind === "older" || kind === "newer" || kind === "around") {
     if (timeline.loading?.requestId !== frame.request_id) return;  // superseded
@@ -204,6 +216,7 @@ function onHistory(frame, kind) {
     return;
   }
   if (kind === "around") {
+    timeline.target = null;
     messages.changed({ quiet: true });
     return;
   }
@@ -239,6 +252,7 @@ function onChanged(message) {
   thread.take(message);
   const timeline = state.timeline(message.room_id);
   if (timeline.find(message.id)) timeline.update(message.id, message);
+  else timeline.remember(message.id, message);
   requote(timeline, message.id);
   messages.changed();
 }
@@ -262,10 +276,10 @@ function requote(timeline, messageId) {
 
 function onThread(frame) {
   thread.load(frame.root, frame.messages);
-  // A long thread comes a page at a time.
+  // A long thread comes a page at a time (on from this page: live replies may be past it).
   if (frame.has_more && frame.root.id === thread.rootId && frame.messages.length) {
     connection.request({ type: "get_thread", room_id: frame.room_id, message_id: frame.root.id,
-      after_id: thread.lastReplyId, limit: 100 }, "thread");
+      after_id: frame.messages[frame.messages.length - 1].id, limit: 100 }, "thread");
   }
 }
 
@@ -360,10 +374,29 @@ function subscribe(roomId) {
     return;
   }
   connection.request({ type: "subscribe_room", room_id: roomId }, "subscribe");
-  // A window away from the live end stays where the reader is; scrolling down pages on.
-  if (timeline.loaded) return;
+  if (timeline.loaded) {
+    // A window away from the live end stays where the reader is (scrolling down pages
+    // on); what changed in it meanwhile comes from get_changes.
+    if (timeline.messages.length) requestChanges(roomId, timeline.latestRevision());
+    return;
+  }
+  if (timeline.target !== null) {  // a search result, asked for before the connection dropped
+    requestPage(roomId, "around", { before_id: timeline.target + 1, limit: PAGE });
+    return;
+  }
   const unread = state.rooms.get(roomId)?.unread_count || 0;
   requestLatest(roomId, Math.max(PAGE, unread + 10));
+}
+
+function requestChanges(roomId, sinceRevision) {
+  connection.request({ type: "get_changes", room_id: roomId, since_revision: sinceRevision }, "changes");
+}
+
+function onChanges(frame) {
+  for (const message of frame.messages) onChanged(message);
+  if (frame.has_more && frame.messages.length && frame.room_id === state.current) {
+    requestChanges(frame.room_id, frame.messages[frame.messages.length - 1].revision);
+  }
 }
 
 // Ask for a page; the timeline remembers which request it waits for, so a late or
@@ -476,7 +509,9 @@ function openAt(roomId, messageId) {
   if (PHONE.matches) search.close();
   const timeline = state.timeline(roomId);
   timeline.detach();
-  if (requestPage(roomId, "around", { before_id: messageId + 1, limit: PAGE })) messages.reveal(messageId);
+  timeline.target = messageId;
+  messages.reveal(messageId);
+  requestPage(roomId, "around", { before_id: messageId + 1, limit: PAGE });
 }
 
 function editMessage(message, content) {

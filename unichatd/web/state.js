@@ -5,6 +5,7 @@ export const WINDOW = 250;  // messages kept per room, in memory and on the page
 export const PAGE = 50;     // messages asked for at a time when paging
 export const MAX_PAGE = 100;  // the most get_history returns
 const KEPT_WHEN_LEFT = PAGE;  // a room not on screen keeps only its latest page
+const CHANGES_KEPT = 500;     // changes to messages outside the window, kept for pages on their way
 const QUOTES_KEPT = 2000;
 
 // One room's messages: a window of consecutive messages (no gaps), sorted by id. When it
@@ -22,6 +23,8 @@ export class Timeline {
     this.dividerBefore = null;  // id of the first message unread when the room was opened
     this.unreadOnOpen = 0;
     this.unreadUpTo = null;  // the latest message when the room was opened: the unread count back from it
+    this.target = null;  // a message to show once the page around it is in (a search result)
+    this.changes = new Map();  // id -> the latest change seen to a message outside the window
   }
 
   isLoading(kind) { return this.loading !== null && this.loading.kind === kind; }
@@ -74,6 +77,7 @@ export class Timeline {
   // re-opening it only catches up; a window away from the live end is dropped.
   leave() {
     this.loading = null;
+    this.target = null;
     this.dividerBefore = null;
     this.unreadOnOpen = 0;
     this.unreadUpTo = null;
@@ -104,7 +108,18 @@ export class Timeline {
     if (at >= 0) this.messages[at] = { ...this.messages[at], ...change };
     const waiting = this.ahead.get(id);
     if (waiting) this.ahead.set(id, { ...waiting, ...change });
+    if (at < 0 && !waiting && change.revision !== undefined) this.remember(id, change);
     return at >= 0;
+  }
+
+  // A change to a message the window does not hold: a page already on its way may bring
+  // the message as it was before the change, so the change is applied when it arrives.
+  remember(id, change) {
+    const known = this.changes.get(id);
+    if (known && (known.revision ?? 0) >= change.revision) return;
+    this.changes.delete(id);
+    this.changes.set(id, { ...known, ...change });
+    if (this.changes.size > CHANGES_KEPT) this.changes.delete(this.changes.keys().next().value);
   }
 
   // The largest revision the window holds: changes after it are what a catch-up must bring.
@@ -131,6 +146,8 @@ export class Timeline {
   }
 
   insert(message) {
+    const change = this.changes.get(message.id);
+    if (change && (change.revision ?? 0) > (message.revision ?? 0)) message = { ...message, ...change };
     if (this.ids.has(message.id)) {
       // The same message again (its ack and its broadcast, a catch-up overlapping a
       // page): keep the object the page already shows unless the message changed.

@@ -50,12 +50,6 @@ export class ThreadView {
     this.render();
   }
 
-  get lastReplyId() {
-    let last = 0;
-    for (const id of this.replies.keys()) last = Math.max(last, id);
-    return last;
-  }
-
   // A message of the room arrived or changed: the panel takes what belongs to its thread.
   take(message) {
     if (this.rootId === null) return;
