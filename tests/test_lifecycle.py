@@ -627,3 +627,19 @@ async def test_a_member_the_cli_just_added_can_be_mentioned_at_once(chat: Runnin
         admin.close()
     sent = await say(alice, room, "welcome @bob")
     assert sent["mentions"] == [2]
+
+
+async def test_snippets_are_at_most_200_characters(chat: RunningServer) -> None:
+    """A long message's snippet is cut to 200 characters around its matches, and never
+    cuts a [match] in two."""
+    room = await chat.create_room("team", [1])
+    alice = await chat.connect(1, "alice")
+    words = [f"longword{n:03d}" for n in range(60)]
+    words[30] = "needle"
+    words[55] = "needle"
+    await say(alice, room, " ".join(words))
+    reply = await alice.request({"type": "search_messages", "query": "needle"}, "search_results")
+    snippet = reply["messages"][0]["snippet"]
+    assert len(snippet) <= 200, snippet
+    assert "[needle]" in snippet
+    assert snippet.count("[") == snippet.count("]")
