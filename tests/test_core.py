@@ -171,8 +171,8 @@ class FakeStore:
                       limit: int) -> tuple[list[Message], bool]:
         raise NotImplementedError("tests/test_lifecycle.py covers changes")
 
-    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
-                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, other_rooms: Sequence[int],
+                     before_id: int | None, limit: int) -> tuple[list[tuple[Message, str]], bool]:
         raise NotImplementedError("tests/test_lifecycle.py and test_search_query.py cover search")
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:

@@ -115,7 +115,7 @@ async def test_numbers_are_never_given_twice_even_after_retention_and_a_restart(
         fresh = (await store.append_message(_message(room, 1, "fresh word"))).message
         assert fresh.id > highest
         assert fresh.revision == fresh.id
-        hits, _ = await store.search([room], parse_query("word"), before_id=None, limit=10)
+        hits, _ = await store.search([room], parse_query("word"), other_rooms=[], before_id=None, limit=10)
         assert [message.id for message, _ in hits] == [fresh.id]
     finally:
         await store.close()

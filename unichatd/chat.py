@@ -182,19 +182,18 @@ class Chat:
             thread_root_id = target[1]
             # The membership may have changed while the store was asked.
             self.check_access(request.room_id, user_id)
-        mentions = await self._mentions(request.room_id, user_id, request.content)
+        mentions, complete = self.directory.mentioned(request.room_id, request.content)
+        if not complete:
+            mentions = await self._mentions_after_catch_up(request.room_id, user_id, request.content)
         identity = connection.identity
         return self.store.append_message(NewMessage(
             request.room_id, user_id, identity.username, identity.first_name,
             request.content, request.reply_to, request.client_msg_id, thread_root_id, mentions,
         ))
 
-    async def _mentions(self, room_id: int, user_id: int, content: str) -> tuple[int, ...]:
-        """Who ``content`` mentions; a name that matches no participant may be one the CLI
-        added a moment ago, so membership changes not applied yet are read first."""
-        mentions, complete = self.directory.mentioned(room_id, content)
-        if complete:
-            return mentions
+    async def _mentions_after_catch_up(self, room_id: int, user_id: int, content: str) -> tuple[int, ...]:
+        """Who ``content`` mentions, when a name in it matched no participant: it may be one
+        the CLI added a moment ago, so membership changes not applied yet are read first."""
         await self.membership.catch_up()
         self.check_access(room_id, user_id)
         return self.directory.mentioned(room_id, content)[0]
@@ -224,7 +223,9 @@ class Chat:
                            answer: Callable[[bytes], None]) -> None:
         room_id, user_id = request.room_id, connection.user_id
         await self.ensure_access(room_id, user_id)
-        mentions = await self._mentions(room_id, user_id, request.content)
+        mentions, complete = self.directory.mentioned(room_id, request.content)
+        if not complete:
+            mentions = await self._mentions_after_catch_up(room_id, user_id, request.content)
         outcome = await self.store.edit_message(room_id, request.message_id, user_id, request.content, mentions)
         change = self._accepted(outcome, room_id, "edit")
         relist = self.directory.record_change(change)
@@ -287,8 +288,10 @@ class Chat:
             room_ids = self.directory.rooms_of(user_id)
         if not room_ids:
             return protocol.search_results_frame(request.query, [], False, request.request_id)
-        hits, has_more = await self.store.search(room_ids, request.terms, before_id=request.before_id,
-                                                 limit=request.limit)
+        mine = set(room_ids)
+        others = tuple(room_id for room_id in self.directory.rooms if room_id not in mine)
+        hits, has_more = await self.store.search(room_ids, request.terms, other_rooms=others,
+                                                 before_id=request.before_id, limit=request.limit)
         # A room the user left while the index was read is not theirs to search any more.
         visible = [(message, _clip_snippet(snippet)) for message, snippet in hits
                    if self.directory.is_participant(message.room_id, user_id)]

@@ -75,9 +75,10 @@ class MessageStore(Protocol):
     async def changes(self, room_id: int, *, since_revision: int, through_id: int | None,
                       limit: int) -> tuple[list[Message], bool]: ...
 
-    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
-                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
-        """Messages of these rooms matching every term, newest first, each with its snippet."""
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, other_rooms: Sequence[int],
+                     before_id: int | None, limit: int) -> tuple[list[tuple[Message, str]], bool]:
+        """Messages of these rooms matching every term, newest first, each with its snippet
+        (``other_rooms``: every room not searched, which may be the shorter list to name)."""
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
 

@@ -254,21 +254,17 @@ class SqliteStore:
         return await self._reader.call(
             lambda conn: queries.changes(conn, room_id, since_revision, through_id, limit))
 
-    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, before_id: int | None,
-                     limit: int) -> tuple[list[tuple[Message, str]], bool]:
+    async def search(self, room_ids: Sequence[int], terms: Sequence[SearchTerm], *, other_rooms: Sequence[int],
+                     before_id: int | None, limit: int) -> tuple[list[tuple[Message, str]], bool]:
         """Messages of these rooms matching every term, newest first, each with a snippet.
 
         Messages committed before the search are indexed first, so a search finds them.
+        ``other_rooms`` are every other room (the index is told the shorter list).
         """
         while not await self._index_pending():
             pass
-
-        def search(conn: sqlite3.Connection) -> tuple[list[tuple[Message, str]], bool]:
-            mine = set(room_ids)
-            others = [room_id for (room_id,) in conn.execute("SELECT id FROM rooms") if room_id not in mine]
-            return queries.search(conn, fulltext.expression(terms, room_ids, others), before_id, limit)
-
-        return await self._searcher.call(search)
+        expression = fulltext.expression(terms, room_ids, other_rooms)
+        return await self._searcher.call(lambda conn: queries.search(conn, expression, before_id, limit))
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""

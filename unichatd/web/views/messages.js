@@ -418,6 +418,7 @@ function actionsNode(message, mine, state, handlers, author, inThread) {
   for (const emoji of PALETTE) {
     const pick = button("emoji", emoji, () => {
       palette.hidden = true;
+      react.setAttribute("aria-expanded", "false");
       const had = (message.reactions ?? []).some((r) => r.emoji === emoji && r.user_ids.includes(state.me?.id));
       handlers.onReact(message, emoji, !had);
     }, `chip ${emoji}`);
@@ -426,12 +427,11 @@ function actionsNode(message, mine, state, handlers, author, inThread) {
   }
   const react = button("link action", "react", () => {
     palette.hidden = !palette.hidden;
+    react.setAttribute("aria-expanded", String(!palette.hidden));
     if (!palette.hidden) palette.querySelector("button").focus();
   }, "react");
   react.setAttribute("aria-label", `React to ${author}`);
   react.setAttribute("aria-expanded", "false");
-  new MutationObserver(() => react.setAttribute("aria-expanded", String(!palette.hidden)))
-    .observe(palette, { attributes: true, attributeFilter: ["hidden"] });
   actions.append(react);
   if (!inThread) {
     const reply = button("link action", "reply", () => handlers.onReply(message), "reply");
