@@ -132,10 +132,6 @@ class RoomDirectory:
         """The rooms the user is a participant of."""
         return tuple(self._user_rooms.get(user_id, ()))
 
-    def owner(self, room_id: int) -> int | None:
-        room = self.rooms.get(room_id)
-        return room.owner_id if room is not None else None
-
     def mentioned(self, room_id: int, content: str) -> tuple[tuple[int, ...], bool]:
         """The participants ``content`` names as ``@username`` (case-insensitively), and
         whether every name it holds is one of them."""
