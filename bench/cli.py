@@ -15,6 +15,7 @@ from .history import scenario_history
 from .idle import scenario_idle
 from .mixed import DEFAULT_DURATION, scenario_mixed
 from .search import scenario_search
+from .storm import scenario_storm
 
 # ---------------------------------------------------------------------------
 # Command line
@@ -22,15 +23,18 @@ from .search import scenario_search
 
 QUICK = {"rooms": 5, "members": 3, "duration": 2.0, "warmup": 0.5, "conns": 200, "idle_rooms": 10,
          "messages": 20_000, "list_rooms": 20, "catchup": 1_000, "pages": 50, "lists": 10, "queries": 50,
-         "ping_interval": 1.0}
+         "ping_interval": 1.0, "storm_seconds": 3.0, "backoff": 1.0}
 
 
 MIXED_CONNS = 15_000
 """Idle connections in ``mixed`` when ``--conns`` is not given."""
+STORM_CONNS = 19_000
+"""Connections that drop and come back in ``storm`` when ``--conns`` is not given."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "search", "ceiling"])
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "search", "ceiling",
+                                                   "storm"])
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds (for CI)")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
@@ -58,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--procs", type=int, default=1, help="client processes")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--storm-seconds", type=float, default=10.0,
+                        help="storm: every idle connection drops and is back within this window")
+    parser.add_argument("--backoff", type=float, default=6.0,
+                        help="storm: longest reconnect backoff (past presence's 5 s grace, some are "
+                             "announced offline and online again)")
     parser.add_argument("--url", help="target a running server instead (needs --key and its rooms)")
     parser.add_argument("--key", help="the running server's signing key")
     parser.add_argument("--config", help=argparse.SUPPRESS)  # (accepted as by every command; not used)
@@ -74,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             args.duration = DEFAULT_DURATION
         if args.conns == defaults["conns"]:
             args.conns = MIXED_CONNS
+    elif args.scenario == "storm" and args.conns == defaults["conns"]:
+        args.conns = STORM_CONNS
     if (os.cpu_count() or 1) < 2:
         args.server_cpu = args.client_cpu = None
     scenario = args.scenario
@@ -89,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         result = scenario_history(args)
     elif scenario == "search":
         result = scenario_search(args)
+    elif scenario == "storm":
+        result = scenario_storm(args)
     else:
         result = scenario_ceiling(args)
     _print_table(result)
@@ -105,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 def _print_table(result: dict[str, Any], indent: str = "") -> None:
     width = shutil.get_terminal_size((100, 20)).columns
     for key, value in result.items():
-        if isinstance(value, dict) and key in ("unichatd", "relay", "delivery_ms"):
+        if isinstance(value, dict) and key in ("unichatd", "relay", "delivery_ms") or key in ("quiet", "storm"):
             print(f"{indent}{key}:", file=sys.stderr)
             _print_table(value, indent + "  ")
             continue

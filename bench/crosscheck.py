@@ -7,6 +7,7 @@ Builds nothing itself: compile wsload first (see its README), then e.g.
     python bench/crosscheck.py --wsload /tmp/wsload fanout --target relay
     python bench/crosscheck.py --wsload /tmp/wsload idle --conns 18000 --subs 5
     python bench/crosscheck.py --wsload /tmp/wsload mixed --conns 15000 --rate 1000 --duration 45
+    python bench/crosscheck.py --wsload /tmp/wsload storm --conns 18000 --rate 1000 --duration 20
 
 It lays out the rooms wsload expects on a fresh database, starts the server pinned to
 core 0, runs wsload pinned to core 1, and prints wsload's JSON line with the target added.
@@ -26,7 +27,7 @@ from unichatd_bench.harness import BENCH_KEY, BenchServer, create_fanout_rooms, 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wsload", required=True, help="path to the compiled wsload binary")
-    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed"])
+    parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "storm"])
     parser.add_argument("--target", choices=["unichatd", "relay"], default="unichatd")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
@@ -35,7 +36,11 @@ def main() -> int:
     parser.add_argument("--idle-rooms", type=int, default=100)
     parser.add_argument("--ping-interval", type=float, default=None,
                         help="the server's ping_interval (mixed: in the heartbeat-on run)")
+    parser.add_argument("--storm-at", type=float, default=4.0,
+                        help="storm: seconds into the rate run when every idle connection drops")
     args, passthrough = parser.parse_known_args()
+    if args.scenario == "storm":
+        return _storm(args, passthrough)
     if args.scenario != "mixed":
         return _one_run(args, passthrough, idle=args.conns if args.scenario == "idle" else 0,
                         ping_interval=args.ping_interval, label=args.target)
@@ -83,6 +88,61 @@ def _one_run(args: argparse.Namespace, passthrough: list[str], *, idle: int, pin
             server.stop()
     sys.stderr.write(completed.stderr)
     print(completed.stdout.strip())
+    return completed.returncode
+
+
+def _storm(args: argparse.Namespace, passthrough: list[str]) -> int:
+    """A rate run while ``--conns`` idle connections are attached; at ``--storm-at`` the
+    process holding them dies (every connection drops at once) and a new one connects
+    them all again as fast as wsload can, while the rate run goes on."""
+    import threading
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="unichatd-crosscheck-") as tmp:
+        server = BenchServer(Path(tmp), relay=False, cpu=0)
+        admin = server.admin()
+        create_fanout_rooms(admin, args.rooms, args.members)
+        create_idle_rooms(admin, args.conns, args.subs, args.idle_rooms)
+        admin.close()
+        server.start()
+        base = ["taskset", "-c", "1", args.wsload]
+        target = ["--url", server.url, "--key", BENCH_KEY, "--server-pid", str(server.pid),
+                  "--rooms", str(args.rooms), "--members", str(args.members)]
+        idle_options = ["--conns", str(args.conns), "--subs", str(args.subs), "--idle-rooms", str(args.idle_rooms),
+                        "--room-base", str(args.rooms), "--settle", "100000", "--connect-concurrency", "256"]
+        holders: list[subprocess.Popen[str]] = []
+        timing: dict[str, float] = {}
+
+        def hold() -> subprocess.Popen[str]:
+            holder = subprocess.Popen(base + ["idle"] + target + idle_options + ["--label", "storm"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=raise_fd_limit)
+            holders.append(holder)
+            return holder
+
+        def storm() -> None:
+            time.sleep(args.storm_at)
+            started = time.monotonic()
+            holders[0].kill()  # every idle connection drops at once
+            _wait_attached(hold())
+            timing["reconnect_s"] = time.monotonic() - started
+
+        try:
+            _wait_attached(hold())
+            stormer = threading.Thread(target=storm)
+            stormer.start()
+            completed = subprocess.run(base + ["rate"] + target + ["--label", "rate during storm"] + passthrough,
+                                       capture_output=True, text=True, preexec_fn=raise_fd_limit, timeout=900)
+            stormer.join(300)
+        finally:
+            for holder in holders:
+                holder.kill()
+                holder.wait(10)
+            server.stop()
+    sys.stderr.write(completed.stderr)
+    print(completed.stdout.strip())
+    print(f"all {args.conns} idle connections back {timing.get('reconnect_s', float('nan')):.1f} s after they dropped",
+          file=sys.stderr)
     return completed.returncode
 
 

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,15 @@ def _run(args: argparse.Namespace, *, idle: int, ping_interval: float | None) ->
 def _rate_with_idle_attached(server: BenchServer, args: argparse.Namespace, idle: int) -> dict[str, Any]:
     if idle == 0:
         return drive_fanout(server, args, rate=args.rate)
+    return rate_with_clients_attached(server, args, idle, idle_client)
+
+
+def rate_with_clients_attached(server: BenchServer, args: argparse.Namespace, idle: int,
+                               client: Callable[..., Any], *, extra: dict[str, Any] | None = None,
+                               on_rate_started: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Attach ``idle`` connections run by ``client`` (in their own processes), then the
+    rate run; ``extra`` goes into each client job, ``on_rate_started`` runs as the rate
+    run starts.  Returns the rate run's figures (and the idle clients' report)."""
     ctx = mp.get_context("spawn")
     subscribed = ctx.Semaphore(0)
     release = ctx.Event()
@@ -88,7 +98,8 @@ def _rate_with_idle_attached(server: BenchServer, args: argparse.Namespace, idle
     jobs = [
         Job({"url": server.url, "key": BENCH_KEY, "indices": part, "concurrency": 64,
              "idle_rooms": args.idle_rooms, "subs": args.subs, "room_base": args.rooms,
-             "hold": hold, "cpu": args.client_cpu, "subscribed": subscribed, "release": release})
+             "hold": hold, "cpu": args.client_cpu, "subscribed": subscribed, "release": release,
+             **(extra or {})})
         for part in split(list(range(idle)), args.procs)
     ]
     measured: dict[str, Any] = {}
@@ -98,14 +109,16 @@ def _rate_with_idle_attached(server: BenchServer, args: argparse.Namespace, idle
             for _ in jobs:
                 if not subscribed.acquire(timeout=300):
                     raise SystemExit("unichatd bench: the idle connections did not attach within 300 s")
+            if on_rate_started is not None:
+                on_rate_started()
             measured.update(drive_fanout(server, args, rate=args.rate))
         finally:
             release.set()
 
     # The idle clients run (and answer pings) in their own processes while this thread
-    # runs the rate clients; the idle report only says whether they all attached.
+    # runs the rate clients.
     worker = threading.Thread(target=measure_once_attached, name="bench-rate")
-    idle_report = run_clients(idle_client, jobs, timeout=hold + 120, on_started=worker.start)
+    idle_report = run_clients(client, jobs, timeout=hold + 120, on_started=worker.start)
     worker.join(60)
     if not measured:
         raise SystemExit("unichatd bench: the rate run did not finish")
@@ -114,4 +127,5 @@ def _rate_with_idle_attached(server: BenchServer, args: argparse.Namespace, idle
     measured["idle_attached"] = attached
     measured["errors"] += idle_errors
     measured["error_codes"].update({f"idle:{code}": count for code, count in idle_report.errors.items()})
+    measured["idle_report"] = idle_report.extra
     return measured

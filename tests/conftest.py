@@ -54,6 +54,7 @@ FILE_TIERS = {
     "test_web.py": "browser", "test_web_access.py": "browser", "test_web_load.py": "browser",
     "test_web_lifecycle.py": "browser",
     "test_web_serving.py": "socket", "test_lifecycle.py": "socket", "test_search_query.py": "unit",
+    "test_people.py": "socket", "test_files.py": "socket", "test_web_people.py": "browser",
     "test_bench.py": "bench",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
@@ -171,8 +172,9 @@ class Client:
         await self.send(frame)
         return await self.recv_type(*types, "error", timeout=timeout)
 
-    async def no_frame(self, within: float = 0.3, ignore: tuple[str, ...] = ("room_updated",)) -> None:
-        """Assert that no frame (other than ``ignore``) arrives within ``within`` seconds."""
+    async def no_frame(self, within: float = 0.3, ignore: tuple[str, ...] = ("room_updated", "presence")) -> None:
+        """Assert that no frame (other than ``ignore``) arrives within ``within`` seconds
+        (room list updates and presence come whenever others connect or write)."""
         deadline = time.monotonic() + within
         while (left := deadline - time.monotonic()) > 0:
             try:

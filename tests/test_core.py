@@ -24,14 +24,18 @@ from unichatd.hub import Hub
 from unichatd.metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from unichatd.models import (
     Change,
+    FileRef,
     MembershipChange,
     Message,
     NewMessage,
     ReadResult,
     Refusal,
+    RoomChanged,
     RoomRecord,
     Snapshot,
     Stored,
+    StoredFile,
+    UserInfo,
 )
 from unichatd.protocol.search import SearchTerm
 from unichatd.rooms import RoomDirectory
@@ -69,6 +73,7 @@ class FakeStore:
     def __init__(self, rooms: dict[int, list[int]]) -> None:
         self.members = {room: dict.fromkeys(users, 0) for room, users in rooms.items()}
         self.names: dict[int, tuple[str, str]] = {}
+        self.last_seen: dict[int, int] = {}
         self.messages: list[Message] = []
         self.paused = False
         self._waiting: list[tuple[asyncio.Future[Any], Callable[[], Any]]] = []
@@ -126,6 +131,9 @@ class FakeStore:
     def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]:
         return self._write(lambda: 0)
 
+    def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
+        return self._write(lambda: self.last_seen.update(seen))
+
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]:
         def apply() -> Snapshot:
             rooms = {}
@@ -178,6 +186,39 @@ class FakeStore:
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         return []
 
+    # Rooms from clients, users and files: tests/test_people.py and test_files.py cover them
+    # over a real store.
+
+    def create_room(self, name: str, room_type: str, owner_id: int,
+                    member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]:
+        raise NotImplementedError
+
+    def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
+        raise NotImplementedError
+
+    def change_room(self, room_id: int, user_id: int, change: str, *, user_ids: Sequence[int] = (),
+                    name: str = "") -> asyncio.Future[RoomChanged | Refusal]:
+        raise NotImplementedError
+
+    def store_file(self, uploader_id: int, name: str, size: int, content_type: str,
+                   storage_key: str) -> asyncio.Future[FileRef]:
+        raise NotImplementedError
+
+    async def find_users(self, query: str, limit: int) -> list[UserInfo]:
+        raise NotImplementedError
+
+    async def users_by_id(self, user_ids: Sequence[int]) -> list[UserInfo]:
+        raise NotImplementedError
+
+    async def stored_file(self, file_id: int) -> StoredFile | None:
+        raise NotImplementedError
+
+    async def files_of(self, uploader_id: int, file_ids: Sequence[int]) -> list[FileRef]:
+        raise NotImplementedError
+
+    async def uploads_since(self, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
 
 class Core:
     """A Chat over the fakes, and sessions on list sinks."""
@@ -209,6 +250,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     try:
         yield Core(chat, store, clock)
     finally:
+        store.paused = False  # (stopping writes presence's last_seen)
         await chat.stop()
 
 
@@ -451,7 +493,7 @@ async def test_removed_member_is_told_and_loses_the_room(core: Core) -> None:
     sink.take()
     del core.store.members[1][2]
     core.chat.directory.apply(await core.store.load_rooms([1]))
-    core.chat._member_changed(1, 2)
+    core.chat._rooms_changed([MembershipChange(1, 1, 2, "remove")])
     [frame] = sink.take()
     assert (frame["type"], frame["room_id"], frame["reason"]) == ("unsubscribed", 1, "removed_from_room")
     assert not core.chat.broker.is_subscribed(1, bob)

@@ -485,7 +485,8 @@ async def test_a_v1_database_is_upgraded_in_place(tmp_path: Path) -> None:
         for statement in statements(migration):
             conn.execute(statement)
     conn.execute("PRAGMA user_version=2")
-    conn.execute("INSERT INTO users VALUES (1, 'alice', '', 0), (2, 'bob', '', 0)")
+    conn.execute("INSERT INTO users(id, username, first_name, updated_ms) "
+                 "VALUES (1, 'alice', '', 0), (2, 'bob', '', 0)")
     conn.execute("INSERT INTO rooms(id, name, room_type, created_ms) VALUES (1, 'team', 'group', 0)")
     conn.execute("INSERT INTO participants VALUES (1, 1, 0, 0), (1, 2, 1, 0)")
     conn.executemany("INSERT INTO messages(id, room_id, sender_id, content, created_ms, reply_to) VALUES (?,1,?,?,?,?)",

@@ -1123,7 +1123,8 @@ async def test_room_list_order_for_messages_committed_together(chat: RunningServ
 
 
 async def test_room_object_has_spec_shape(chat: RunningServer) -> None:
-    """Each room object has exactly the spec's fields, with participants {id, username}."""
+    """Each room object has exactly the spec's fields, with participants {id, username, online,
+    last_seen}; a direct room is named for the other participant (protocol.md §6.2)."""
     room = await chat.create_room("Team", [1, 2])
     direct = await chat.create_room("DM", [1, 3], room_type="direct")
     alice, bob = await chat.connect(1, "alice"), await chat.connect(2, "bob")
@@ -1138,11 +1139,12 @@ async def test_room_object_has_spec_shape(chat: RunningServer) -> None:
         "last_message_time": message["timestamp"], "unread_count": 1, "mention_count": 0, "owner_id": None,
     }
     assert sorted(team["participants"], key=lambda p: p["id"]) == [
-        {"id": 1, "username": "alice"}, {"id": 2, "username": "bob"},
+        {"id": 1, "username": "alice", "online": True, "last_seen": None},
+        {"id": 2, "username": "bob", "online": True, "last_seen": None},
     ]
     dm = by_id[direct]
     assert dm["room_type"] == "direct"
-    assert dm["name"] == "DM"
+    assert dm["name"] == "user3"  # (user 3 never connected: the placeholder name)
     assert dm["last_message_content"] is None
     assert dm["last_message_time"] is None
     assert dm["unread_count"] == 0

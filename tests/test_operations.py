@@ -297,7 +297,7 @@ async def test_help_lists_every_request_type_with_its_fields(tmp_path: Path) -> 
         await running.server.stop()
     assert reply["request_id"] == "h"
     assert set(reply["requests"]) == set(REQUEST_TYPES)
-    assert reply["requests"]["send_message"]["fields"]["content"] == "string"
+    assert reply["requests"]["send_message"]["fields"]["content"].startswith("string")
 
 
 @pytest.mark.asyncio

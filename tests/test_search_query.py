@@ -50,7 +50,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> sqlite3.Connection:
     conn = sqlite3.connect(tmp_path_factory.mktemp("search") / "chat.db", isolation_level=None)
     configure(conn)
     migrate(conn)
-    conn.execute("INSERT INTO users VALUES (1, 'a', '', 0)")
+    conn.execute("INSERT INTO users(id, username, first_name, updated_ms) VALUES (1, 'a', '', 0)")
     conn.execute("INSERT INTO rooms(id, name, room_type, created_ms) VALUES (1, 'r', 'group', 0), "
                  "(2, 's', 'group', 0), (3, 't', 'group', 0)")
     conn.executemany(
@@ -107,7 +107,7 @@ def test_retention_after_deletes_keeps_the_index_whole(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "chat.db", isolation_level=None)
     configure(conn)
     migrate(conn)
-    conn.execute("INSERT INTO users VALUES (1, 'a', '', 0)")
+    conn.execute("INSERT INTO users(id, username, first_name, updated_ms) VALUES (1, 'a', '', 0)")
     conn.execute("INSERT INTO rooms(id, name, room_type, created_ms) VALUES (1, 'r', 'group', 0)")
     conn.executemany("INSERT INTO messages(id, revision, room_id, sender_id, content, created_ms) "
                      "VALUES (?, ?, 1, 1, ?, 0)", [(n, n, f"word{n} common") for n in range(1, 7)])

@@ -12,6 +12,7 @@ import pytest
 
 from tests.browsing import SCREENSHOTS, WAIT_MS, enter_room, fill_room, mark_read, open_page, say, texts
 from tests.conftest import RunningServer, free_port, make_config, start_server
+from tests.test_web_people import png
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,6 +40,16 @@ async def _furnished_room(server: RunningServer) -> None:
                        "reply_to": first["message"]["id"]}, "message_ack")
     alice = await server.connect(1, "alice")
     await alice.request({"type": "send_message", "room_id": general, "content": "on my way"}, "message_ack")
+    files = []
+    for name, data, kind in (("plan.png", png(120, 80, (31, 90, 209)), "image/png"), ("notes.txt", b"x" * 2048,
+                                                                                    "text/plain")):
+        ready = await bob.request({"type": "upload_file", "name": name, "size": len(data), "content_type": kind},
+                                  "upload_ready")
+        await bob.send(data)
+        files.append((await bob.request({"type": "upload_done", "upload_id": ready["upload_id"]},
+                                        "file_stored"))["file"]["id"])
+    await bob.request({"type": "send_message", "room_id": general, "content": "the plan", "attachments": files},
+                      "message_ack")
     await bob.request({"type": "send_message", "room_id": general, "content": "see you"}, "message_ack")
     for text in ("lunch?", "anyone?"):
         await bob.request({"type": "send_message", "room_id": 2, "content": text}, "message_ack")
@@ -98,7 +109,22 @@ async def test_no_axe_violations_in_any_view(browser: Any, chat_server: RunningS
     await page.locator("#search-input").press("Enter")
     await page.locator("#search-list mark").first.wait_for(timeout=WAIT_MS)
     found["search"] = await axe_violations(page)
-    assert found == {"sign-in": [], "room list": [], "room": [], "actions": [], "thread": [], "search": []}
+    # People and files: the members panel, the new-room dialog with people listed, the
+    # upload tray.
+    await page.locator("#search-close").click()
+    await page.get_by_role("button", name="New room or message").click()
+    await page.get_by_role("dialog").get_by_role("checkbox").first.wait_for(timeout=WAIT_MS)
+    found["new room"] = await axe_violations(page)
+    await page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    await enter_room(page, "general")
+    await page.locator("#file-input").set_input_files(files=[{"name": "a.txt", "mimeType": "text/plain",
+                                                              "buffer": b"hello"}])
+    await page.locator("#attachment-tray .upload", has_text="ready").wait_for(timeout=WAIT_MS)
+    await page.get_by_role("button", name="Members: 3").click()
+    await page.locator("#member-list .person").first.wait_for(timeout=WAIT_MS)
+    found["members"] = await axe_violations(page)
+    assert found == {"sign-in": [], "room list": [], "room": [], "actions": [], "thread": [], "search": [],
+                     "new room": [], "members": []}
 
 
 async def test_the_axe_check_sees_a_contrast_failure(browser: Any, chat_server: RunningServer) -> None:
@@ -135,18 +161,20 @@ async def test_keyboard_only_sign_in_rooms_reply_and_escape(browser: Any, chat_s
     await expect(texts(page).last).to_have_text("note 199", timeout=WAIT_MS)
     assert await page.locator("#input").input_value() == ""  # Enter on the room typed nothing
 
-    # From the room list to the composer: the message list (one stop, however many
-    # messages), the jump to the first of the 200 unread, the composer.
+    # From the room list to the composer: the room's members button, the message list (one
+    # stop, however many messages), the jump to the first of the 200 unread, the attach
+    # button, the composer.
     await page.locator("#room-list button[aria-current=true]").focus()
     visited: list[str] = []
-    while len(visited) < 6 and (not visited or visited[-1] != "input"):
+    while len(visited) < 8 and (not visited or visited[-1] != "input"):
         await page.keyboard.press("Tab")
         visited.append(await page.evaluate("document.activeElement.id"))
-    assert visited == ["messages", "jump-unread", "input"]
+    assert visited == ["members-toggle", "messages", "jump-unread", "attach", "input"]
 
     # Shift+Tab into the list, arrows to a message, Tab to its reply button.
     await page.keyboard.press("Shift+Tab")
-    await page.keyboard.press("Shift+Tab")  # past the jump control
+    await page.keyboard.press("Shift+Tab")
+    await page.keyboard.press("Shift+Tab")  # past the attach button and the jump control
     await expect(focused).to_have_id("messages")
     await page.keyboard.press("ArrowUp")
     await page.keyboard.press("ArrowUp")
@@ -217,7 +245,7 @@ async def test_a_new_message_is_announced_alone(browser: Any, chat_server: Runni
     live = await page.locator("[aria-live], [role=log], [role=status], [role=alert]").evaluate_all(
         "nodes => nodes.map((n) => n.id)")
     assert live == ["signin-message", "conn-state", "search-summary", "room-conn", "messages", "typing",
-                    "room-notice", "counter"]
+                    "room-notice", "counter", "new-room-error"]
     # One connection state is rendered at a time (the room's own copy on a phone only).
     assert await page.locator("#room-conn").is_hidden()
     # What is rendered (innerText): a message's actions are hidden until it is hovered or

@@ -11,7 +11,7 @@ as the database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -21,11 +21,23 @@ from .auth import Identity, KeyRing
 from .clock import Clock, LoopClock, Timer
 from .config import Config
 from .errors import ClientError, ErrorCode, RateLimited
+from .files import FileStore
 from .interfaces import Broker, Connection, MessageStore
 from .limits import TokenBucket
 from .log import switches
 from .maintenance import MembershipFeed, Retention
-from .models import Change, NewMessage, ReadResult, Refusal, Stored
+from .models import (
+    Change,
+    FileRef,
+    MembershipChange,
+    NewMessage,
+    ReadResult,
+    Refusal,
+    RoomChanged,
+    Stored,
+    UserInfo,
+)
+from .presence import Presence
 from .rooms import RoomDirectory
 from .stats import Stats
 from .updates import RoomUpdates
@@ -34,6 +46,7 @@ log = structlog.get_logger("unichatd.chat")
 
 TYPING_TIMEOUT = 6.0
 REMOVED_FROM_ROOM = "removed_from_room"
+LEFT_ROOM = "left_room"
 SNIPPET_CHARS = 200
 
 
@@ -60,16 +73,23 @@ class Chat:
         self.directory = RoomDirectory()
         self.stats = Stats()
         self.updates: RoomUpdates[Any] = RoomUpdates(self.directory, broker, self.stats, self.clock)
-        self.membership = MembershipFeed(store, self.directory, self._member_changed)
+        self.presence = Presence(self.directory, broker, store, self.clock, config.rooms.presence_max_members)
+        self.directory.presence = self.presence.state
+        self.files = FileStore(config.files_path, store)
+        self.membership = MembershipFeed(store, self.directory, self._rooms_changed)
         self.retention = Retention(store, self.directory, config.storage, self.updates.room_changed)
         self._send_buckets: dict[int, TokenBucket] = {}
         self._typing: dict[tuple[int, int], Timer] = {}
+        self._leaving: dict[tuple[int, int], Connection] = {}
+        """(room, user) → the connection whose leave_room is under way: its reply tells it."""
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        self.files.open()
         snapshot = await self.store.load_rooms()
         self.directory.apply(snapshot)
+        self.presence.load(snapshot.last_seen)
         self.membership.start(snapshot.membership_log_id)
         self.retention.start()
 
@@ -80,10 +100,12 @@ class Chat:
             timer.cancel()
         self._typing.clear()
         self.updates.send_all()
+        await self.presence.stop()
 
     def reconfigure(self, config: Config, keyring: KeyRing) -> None:
         """Take reloaded limits and keys; buckets already handed out adopt the new rates."""
         self.config, self.keyring = config, keyring
+        self.presence.max_members = config.rooms.presence_max_members
         limits = config.limits
         for bucket in self._send_buckets.values():
             bucket.rate, bucket.burst = limits.messages_per_second, limits.message_burst
@@ -95,6 +117,7 @@ class Chat:
     async def connect(self, connection: Connection) -> None:
         await self.remember_user(connection.identity)
         self.broker.connect(connection)
+        self.presence.connected(connection.user_id)
 
     async def remember_user(self, identity: Identity) -> None:
         """Store the user's names as their token gives them (history shows these)."""
@@ -109,6 +132,7 @@ class Chat:
         self.updates.forget(connection)
         user_id = connection.user_id
         if not self.broker.is_online(user_id):
+            self.presence.disconnected(user_id)
             self._forget_bucket_when_full(user_id)
             for room_id, typer in tuple(self._typing):
                 if typer == user_id:
@@ -147,14 +171,32 @@ class Chat:
             await self.membership.catch_up()
             self.check_access(room_id, user_id)
 
-    def _member_changed(self, room_id: int, user_id: int) -> None:
-        if self.directory.is_participant(room_id, user_id):
-            self.updates.changed_for(user_id, room_id)
-            return
-        self.broker.publish_to_user(user_id, protocol.unsubscribed_frame(room_id, None, REMOVED_FROM_ROOM),
-                                    leaving_room=room_id)
-        if (room_id, user_id) in self._typing:
-            self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
+    def _rooms_changed(self, changes: list[MembershipChange]) -> None:
+        """Tell the connections concerned of room changes the directory now shows."""
+        relisted: set[int] = set()
+        renamed: set[int] = set()
+        for change in changes:
+            room_id, user_id = change.room_id, change.user_id
+            if user_id is None:
+                if change.change == "rename":
+                    renamed.add(room_id)
+                continue
+            relisted.add(room_id)
+            if self.directory.is_participant(room_id, user_id):
+                continue
+            # Every connection of a removed user hears it, subscribed or not, so each room
+            # list can drop the room; the one that asked to leave gets its reply instead.
+            reason = LEFT_ROOM if change.change == "leave" else REMOVED_FROM_ROOM
+            self.broker.publish_to_user(user_id, protocol.unsubscribed_frame(room_id, None, reason),
+                                        leaving_room=room_id, exclude=self._leaving.get((room_id, user_id)))
+            if (room_id, user_id) in self._typing:
+                self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
+        for room_id in relisted:
+            if room_id in self.directory.rooms:
+                self.updates.room_changed(room_id, members=True)
+        for room_id in renamed - relisted:
+            if room_id in self.directory.rooms:
+                self.updates.room_changed(room_id)
 
     # -- messages --------------------------------------------------------------
 
@@ -185,10 +227,18 @@ class Chat:
         mentions, complete = self.directory.mentioned(request.room_id, request.content)
         if not complete:
             mentions = await self._mentions_after_catch_up(request.room_id, user_id, request.content)
+        attachments: tuple[FileRef, ...] = ()
+        if request.attachments:
+            found = await self.store.files_of(user_id, request.attachments)
+            if len(found) != len(request.attachments):
+                # Someone else's file is refused exactly like one that does not exist.
+                raise ClientError(ErrorCode.NOT_FOUND, "attachments: no such file of yours", room_id=request.room_id)
+            attachments = tuple(found)
+            self.check_access(request.room_id, user_id)
         identity = connection.identity
         return self.store.append_message(NewMessage(
             request.room_id, user_id, identity.username, identity.first_name,
-            request.content, request.reply_to, request.client_msg_id, thread_root_id, mentions,
+            request.content, request.reply_to, request.client_msg_id, thread_root_id, mentions, attachments,
         ))
 
     async def _mentions_after_catch_up(self, room_id: int, user_id: int, content: str) -> tuple[int, ...]:
@@ -267,6 +317,96 @@ class Chat:
             raise ClientError(ErrorCode.INVALID_MESSAGE,
                               f"a message holds at most {protocol.MAX_REACTIONS} different emoji", room_id=room_id)
         raise ClientError(ErrorCode.NOT_FOUND, "no such message in this room", room_id=room_id)
+
+    # -- rooms from clients ------------------------------------------------------
+
+    def _check_may_create(self) -> None:
+        if not self.config.rooms.users_can_create:
+            raise ClientError(ErrorCode.FORBIDDEN, "this server lets only its administrators create rooms")
+
+    async def _check_users_exist(self, user_ids: Iterable[int]) -> None:
+        unknown = sorted(set(user_ids) - self.directory.users.keys())
+        if unknown:
+            missing = set(unknown) - {user.id for user in await self.store.users_by_id(unknown)}
+            if missing:
+                raise ClientError(ErrorCode.NOT_FOUND, f"no such user: {min(missing)}")
+
+    async def create_room(self, connection: Connection, request: protocol.CreateRoom) -> bytes:
+        self._check_may_create()
+        user_id = connection.user_id
+        members = tuple(member for member in request.member_ids if member != user_id)
+        await self._check_users_exist(members)
+        changed = await self.store.create_room(request.name, request.room_type, user_id, members)
+        await self.membership.catch_up(changed.log_id)
+        return protocol.room_created_frame(self.directory.room_object(changed.room_id, user_id), request.request_id)
+
+    async def create_direct(self, connection: Connection, request: protocol.CreateDirect) -> bytes:
+        self._check_may_create()
+        user_id = connection.user_id
+        if request.user_id == user_id:
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'user_id' must name someone else")
+        await self._check_users_exist((request.user_id,))
+        changed = await self.store.open_direct(user_id, request.user_id)
+        await self.membership.catch_up(changed.log_id)
+        return protocol.room_created_frame(self.directory.room_object(changed.room_id, user_id), request.request_id)
+
+    async def change_members(self, connection: Connection, request: protocol.ChangeMembers) -> bytes:
+        room_id = request.room_id
+        await self.ensure_access(room_id, connection.user_id)
+        if request.add:
+            await self._check_users_exist(request.user_ids)
+        outcome = await self.store.change_room(room_id, connection.user_id, "add" if request.add else "remove",
+                                               user_ids=request.user_ids)
+        await self.membership.catch_up(self._room_accepted(outcome, room_id, "change its members").log_id)
+        participants = self.directory.participant_list(room_id) if room_id in self.directory.rooms else []
+        return protocol.members_updated_frame(room_id, participants, request.request_id)
+
+    async def rename_room(self, connection: Connection, request: protocol.RenameRoom) -> bytes:
+        room_id = request.room_id
+        await self.ensure_access(room_id, connection.user_id)
+        outcome = await self.store.change_room(room_id, connection.user_id, "rename", name=request.name)
+        await self.membership.catch_up(self._room_accepted(outcome, room_id, "rename it").log_id)
+        return protocol.room_renamed_frame(room_id, request.name, request.request_id)
+
+    async def leave_room(self, connection: Connection, request: protocol.LeaveRoom) -> bytes:
+        room_id, user_id = request.room_id, connection.user_id
+        await self.ensure_access(room_id, user_id)
+        key = (room_id, user_id)
+        self._leaving[key] = connection
+        try:
+            outcome = await self.store.change_room(room_id, user_id, "leave")
+            await self.membership.catch_up(self._room_accepted(outcome, room_id, "leave it").log_id)
+        finally:
+            if self._leaving.get(key) is connection:
+                del self._leaving[key]
+        return protocol.unsubscribed_frame(room_id, request.request_id, LEFT_ROOM)
+
+    @staticmethod
+    def _room_accepted(outcome: RoomChanged | Refusal, room_id: int, what: str) -> RoomChanged:
+        if isinstance(outcome, RoomChanged):
+            return outcome
+        if outcome is Refusal.NOT_OWNER:
+            raise ClientError(ErrorCode.FORBIDDEN, f"only the room's owner may {what}", room_id=room_id)
+        if outcome is Refusal.DIRECT_ROOM:
+            raise ClientError(ErrorCode.FORBIDDEN, "a direct room's members do not change", room_id=room_id)
+        raise ClientError.access_denied(room_id)
+
+    # -- people ------------------------------------------------------------------
+
+    def _user_object(self, user: UserInfo) -> dict[str, Any]:
+        online, last_seen = self.presence.state(user.id)
+        return {"id": user.id, "username": user.username, "first_name": user.first_name,
+                "online": online, "last_seen": last_seen}
+
+    async def users(self, request: protocol.GetUsers) -> bytes:
+        self._check_may_create()
+        found = await self.store.find_users(request.query, request.limit)
+        return protocol.users_frame("users", [self._user_object(user) for user in found], request.request_id)
+
+    async def presence_list(self, request: protocol.GetPresence) -> bytes:
+        found = await self.store.users_by_id(request.user_ids)
+        return protocol.users_frame("presence_list", [self._user_object(user) for user in found],
+                                    request.request_id)
 
     # -- threads, search, changes --------------------------------------------------
 

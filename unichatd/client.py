@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import mimetypes
+import os
 import random
 import ssl as ssl_module
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +34,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from .errors import CloseCode, UnichatError
+
+DEFAULT_UPLOAD_CHUNK = 32 * 1024
+"""Bytes per binary frame of an upload when the server does not say (``chunk_bytes``)."""
 
 
 class ClientRequestError(UnichatError):
@@ -97,6 +103,7 @@ class ChatClient:
         self._paging: dict[int, list[dict[str, Any]]] = {}
         """Room → live messages held while its catch-up is paged."""
         self._closing = False
+        self._upload_lock = asyncio.Lock()
         self.reconnects = 0
 
     async def __aenter__(self) -> ChatClient:
@@ -360,12 +367,17 @@ class ChatClient:
         return await self.request({"type": "unsubscribe_room", "room_id": room_id})
 
     async def send(self, room_id: int, content: str, *, reply_to: int | None = None,
-                   client_msg_id: str | None = None) -> dict[str, Any]:
-        """Send a message and wait for its ack; a send retried after a reconnect is stored once."""
+                   client_msg_id: str | None = None, attachments: Sequence[int] = ()) -> dict[str, Any]:
+        """Send a message and wait for its ack; a send retried after a reconnect is stored once.
+
+        ``attachments``: ids of files from :meth:`upload` (``content`` may then be empty).
+        """
         frame: dict[str, Any] = {"type": "send_message", "room_id": room_id, "content": content,
                                  "client_msg_id": client_msg_id or uuid.uuid4().hex}
         if reply_to is not None:
             frame["reply_to"] = reply_to
+        if attachments:
+            frame["attachments"] = list(attachments)
         while True:
             try:
                 reply = await self.request(frame)
@@ -427,6 +439,70 @@ class ChatClient:
         if limit is not None:
             frame["limit"] = limit
         return await self.request(frame)
+
+    # -- people and rooms ------------------------------------------------------
+
+    async def create_room(self, name: str, member_ids: Sequence[int] = ()) -> dict[str, Any]:
+        """A new group room that this user owns; returns the room object."""
+        reply = await self.request({"type": "create_room", "name": name, "member_ids": list(member_ids)})
+        room: dict[str, Any] = reply["room"]
+        return room
+
+    async def create_direct(self, user_id: int) -> dict[str, Any]:
+        """The one direct room with ``user_id`` (created on first use); returns the room object."""
+        reply = await self.request({"type": "create_direct", "user_id": user_id})
+        room: dict[str, Any] = reply["room"]
+        return room
+
+    async def add_members(self, room_id: int, user_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Add people to a room this user owns; returns its participants."""
+        reply = await self.request({"type": "add_members", "room_id": room_id, "user_ids": list(user_ids)})
+        participants: list[dict[str, Any]] = reply["participants"]
+        return participants
+
+    async def remove_members(self, room_id: int, user_ids: Sequence[int]) -> list[dict[str, Any]]:
+        reply = await self.request({"type": "remove_members", "room_id": room_id, "user_ids": list(user_ids)})
+        participants: list[dict[str, Any]] = reply["participants"]
+        return participants
+
+    async def rename_room(self, room_id: int, name: str) -> dict[str, Any]:
+        return await self.request({"type": "rename_room", "room_id": room_id, "name": name})
+
+    async def leave_room(self, room_id: int) -> dict[str, Any]:
+        self._rooms.pop(room_id, None)
+        return await self.request({"type": "leave_room", "room_id": room_id})
+
+    async def users(self, query: str = "", *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Users whose username or first name starts with ``query``, with their presence."""
+        frame: dict[str, Any] = {"type": "get_users", "query": query}
+        if limit is not None:
+            frame["limit"] = limit
+        found: list[dict[str, Any]] = (await self.request(frame))["users"]
+        return found
+
+    async def presence(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = (await self.request({"type": "get_presence", "user_ids": list(user_ids)}))[
+            "users"]
+        return found
+
+    async def upload(self, path: str | os.PathLike[str], *, name: str | None = None,
+                     content_type: str | None = None) -> dict[str, Any]:
+        """Store a file on the server; returns its file object (its ``id`` goes in
+        ``send(..., attachments=[id])``)."""
+        path = Path(path)
+        data = await asyncio.to_thread(path.read_bytes)
+        name = name or path.name
+        content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        async with self._upload_lock:  # one upload at a time on a connection
+            ready = await self.request({"type": "upload_file", "name": name, "size": len(data),
+                                        "content_type": content_type})
+            assert self._ws is not None
+            chunk = int(ready.get("chunk_bytes", DEFAULT_UPLOAD_CHUNK))
+            for start in range(0, len(data), chunk):
+                await self._ws.send(data[start:start + chunk])
+            reply = await self.request({"type": "upload_done", "upload_id": ready["upload_id"]})
+        file: dict[str, Any] = reply["file"]
+        return file
 
     async def ping(self) -> dict[str, Any]:
         return await self.request({"type": "ping"})

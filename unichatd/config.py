@@ -87,6 +87,8 @@ class StorageConfig:
     """Per-room overrides of ``retention_days`` (room id, days; 0 keeps forever)."""
     retention_interval: float = 300.0
     """Seconds between retention passes."""
+    files_dir: str = ""
+    """Where uploaded files are kept; empty: ``<database>-files`` beside the database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,19 @@ class LimitsConfig:
     frames_per_second: float = 200.0
     """Frames of every type a connection may send per second, sustained."""
     frame_burst: int = 400
+    max_file_bytes: int = 10 * 1024 * 1024
+    """Largest file one upload may hold."""
+    upload_bytes_per_day: int = 1024 * 1024 * 1024
+    """Bytes one user may upload within any 24 hours."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    users_can_create: bool = True
+    """Clients may create rooms and direct rooms and list users (protocol.md §6.2)."""
+    presence_max_members: int = 100
+    """Presence changes go to those who share a room of at most this many participants
+    (and every direct room): in larger rooms everyone telling everyone is quadratic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = EMBEDDED
     """The file this config came from, or ``<embedded defaults>``."""
@@ -122,6 +138,11 @@ class Config:
         return self.resolve(self.storage.database)
 
     @property
+    def files_path(self) -> Path:
+        files_dir = self.storage.files_dir
+        return self.resolve(files_dir) if files_dir else files_beside(self.database_path)
+
+    @property
     def key_path(self) -> Path:
         return self.resolve(self.auth.signing_key_file or DEFAULT_KEY_FILE)
 
@@ -130,11 +151,17 @@ class Config:
         return path if path.is_absolute() else self.base_dir / path
 
 
+def files_beside(database: Path) -> Path:
+    """Where a database's files are kept by default (and a backup's): ``<database>-files``."""
+    return Path(f"{database}-files")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "auth": AuthConfig,
     "storage": StorageConfig,
     "limits": LimitsConfig,
+    "rooms": RoomsConfig,
     "log": LogConfig,
 }
 
@@ -155,6 +182,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "limits.max_content_chars": (1, 1_000_000),
     "limits.frames_per_second": (0.001, None),
     "limits.frame_burst": (1, None),
+    "limits.max_file_bytes": (1, 1 << 40),
+    "rooms.presence_max_members": (2, 1_000_000),
+    "limits.upload_bytes_per_day": (0, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error"),
@@ -393,6 +423,7 @@ database = "unichatd.db"          # SQLite file
 retention_days = 0                # delete messages older than this many days; 0 keeps them forever
 room_retention_days = {}          # per-room overrides, e.g. { "12" = 7 }
 retention_interval = 300          # seconds between retention passes
+files_dir = ""                    # uploaded files; empty = "<database>-files" beside the database
 
 [limits]
 messages_per_second = 10          # send_message rate per user, all connections together
@@ -400,6 +431,12 @@ message_burst = 20
 max_content_chars = 4000
 frames_per_second = 200           # frames of any type per connection
 frame_burst = 400
+max_file_bytes = 10485760         # largest upload (10 MiB)
+upload_bytes_per_day = 1073741824 # per user, within any 24 hours (1 GiB)
+
+[rooms]
+users_can_create = true           # clients may create rooms and direct rooms and list users
+presence_max_members = 100        # presence changes reach those sharing a room this small (or direct)
 
 [log]
 level = "info"                    # debug, info, warning, error

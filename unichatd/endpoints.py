@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import http
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
@@ -29,6 +29,8 @@ from .errors import AuthError, BadRequest
 from .webclient import WebClientFiles
 
 log = structlog.get_logger("unichatd.server")
+
+FILES_PREFIX = "/files/"
 
 
 class Endpoints:
@@ -51,14 +53,15 @@ class Endpoints:
     def config(self) -> Config:
         return self._chat.config
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: ServerConnection,
+                        request: Request) -> Response | Coroutine[Any, Any, Response] | None:
         try:
             return self._route(connection, request)
         except BadRequest as exc:
             self._stats.connections_refused["bad_request"] += 1
             return routes.error(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _route(self, connection: ServerConnection, request: Request) -> Response | Coroutine[Any, Any, Response] | None:
         path = urlsplit(request.path).path
         ws_path = self.config.server.path
         routes.header(request, "Host")  # (sent twice: which site is asked for is ambiguous)
@@ -70,6 +73,10 @@ class Endpoints:
         if upgrade is not None and upgrade.lower() == "websocket":
             # A WebSocket handshake anywhere else is refused, whatever plain GET serves there.
             return routes.not_found()
+        if path.startswith(FILES_PREFIX):
+            if request.method not in routes.READ_METHODS:
+                return routes.method_not_allowed(routes.READ_METHODS)
+            return self._file(request, path)
         web_client = self.config.server.web_client
         if web_client and path == routes.SESSION_PATH:
             return self._session(request)
@@ -115,6 +122,27 @@ class Endpoints:
         body = orjson.dumps({"user_id": identity.user_id, "username": identity.username}) + b"\n"
         return routes.respond(http.HTTPStatus.OK, body, "application/json",
                               extra=[routes.session_cookie(token, max_age, secure=secure)])
+
+    async def _file(self, request: Request, path: str) -> Response:
+        """``GET /files/<id>/<name>``: the bytes for its uploader and for the participants of
+        a room where a message shows it; the same 404 for everyone else, whatever the reason."""
+        head = request.method == "HEAD"
+        file_id, _, name = path[len(FILES_PREFIX):].partition("/")
+        # (the token in a cookie or header only: a query string ends up in logs and histories)
+        token = token_from_handshake("/", routes.handshake_headers(request))
+        if not (file_id.isascii() and file_id.isdecimal() and 0 < len(file_id) < 19) or token is None:
+            return routes.not_found(head)
+        try:
+            identity = verify_token(token, self._chat.keyring)
+        except AuthError:
+            return routes.not_found(head)
+        chat = self._chat
+        found = await chat.files.readable(int(file_id), identity.user_id,
+                                          lambda room_id: chat.directory.is_participant(room_id, identity.user_id))
+        if found is None or unquote(name) != found[0].file.name:
+            return routes.not_found(head)
+        stored, data = found
+        return routes.file_download(stored.file, data, head=head)
 
     def _metrics_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         server_config = self.config.server

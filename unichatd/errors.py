@@ -7,7 +7,8 @@
     ├── AuthError            a token that cannot be accepted (close code 4001)
     ├── ConfigError          a bad config file or value (CLI exit code 2)
     ├── StoreError           a database problem the caller can report
-    │   └── NoSuchRoom       an administrative change names a room that does not exist
+    │   ├── NoSuchRoom       an administrative change names a room that does not exist
+    │   └── DirectRoom       an administrative change of a direct room's members
     ├── BadRequest           an HTTP request that cannot be read (400)
     ├── AlreadyServing       another server holds the database (see ``instance``)
     └── CommandFailed        a CLI command that cannot do what it was asked (exit code 1)
@@ -87,10 +88,11 @@ class ClientError(UnichatError):
 class RateLimited(ClientError):
     """A request over the sender's token bucket."""
 
-    def __init__(self, retry_after_ms: int, *, room_id: int | None = None) -> None:
+    def __init__(self, retry_after_ms: int, *, room_id: int | None = None,
+                 message: str = "rate limit exceeded") -> None:
         super().__init__(
             ErrorCode.RATE_LIMITED,
-            f"rate limit exceeded; retry after {retry_after_ms} ms",
+            f"{message}; retry after {retry_after_ms} ms",
             room_id=room_id,
         )
         self.retry_after_ms = retry_after_ms
@@ -132,6 +134,14 @@ class NoSuchRoom(StoreError, LookupError):
 
     def __init__(self, room_id: int) -> None:
         super().__init__(f"room {room_id} does not exist")
+        self.room_id = room_id
+
+
+class DirectRoom(StoreError):
+    """A direct room's members do not change (protocol.md §6.2)."""
+
+    def __init__(self, room_id: int) -> None:
+        super().__init__(f"room {room_id} is a direct room: its members do not change")
         self.room_id = room_id
 
 

@@ -125,12 +125,15 @@ class Hub(Generic[S]):
         self.deliveries += count
         return count
 
-    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None) -> int:
-        """Hand ``frame`` to the user's connections; with ``leaving_room``, only to those
-        subscribed to that room, which leave it first.  Returns how many got it."""
+    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None,
+                        exclude: S | None = None) -> int:
+        """Hand ``frame`` to the user's connections (but ``exclude``); with ``leaving_room``,
+        each of them leaves that room first.  Returns how many got it."""
         count = 0
         for subscriber in tuple(self._users.get(user_id, ())):
-            if leaving_room is not None and not self.unsubscribe(leaving_room, subscriber):
+            if leaving_room is not None:
+                self.unsubscribe(leaving_room, subscriber)
+            if subscriber is exclude:
                 continue
             subscriber.deliver(None, frame, None)
             count += 1

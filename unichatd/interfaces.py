@@ -11,7 +11,20 @@ from typing import Protocol, TypeVar
 
 from .auth import Identity
 from .metrics import Histogram
-from .models import Change, MembershipChange, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored
+from .models import (
+    Change,
+    FileRef,
+    MembershipChange,
+    Message,
+    NewMessage,
+    ReadResult,
+    Refusal,
+    RoomChanged,
+    Snapshot,
+    Stored,
+    StoredFile,
+    UserInfo,
+)
 from .protocol.search import SearchTerm
 
 
@@ -57,6 +70,22 @@ class MessageStore(Protocol):
 
     def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]: ...
 
+    def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
+        """(user id, ms) pairs: when each user's last connection closed."""
+
+    def create_room(self, name: str, room_type: str, owner_id: int,
+                    member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]: ...
+
+    def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
+        """The pair's one direct room, created on first use (also when both ask at once)."""
+
+    def change_room(self, room_id: int, user_id: int, change: str, *, user_ids: Sequence[int] = (),
+                    name: str = "") -> asyncio.Future[RoomChanged | Refusal]:
+        """``add``, ``remove``, ``rename`` (owners only) or ``leave``, checked in the transaction."""
+
+    def store_file(self, uploader_id: int, name: str, size: int, content_type: str,
+                   storage_key: str) -> asyncio.Future[FileRef]: ...
+
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]: ...
 
     def flush(self) -> asyncio.Future[None]:
@@ -81,6 +110,19 @@ class MessageStore(Protocol):
         (``other_rooms``: every room not searched, which may be the shorter list to name)."""
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
+
+    async def find_users(self, query: str, limit: int) -> list[UserInfo]:
+        """Users whose username or first name starts with ``query``, any case."""
+
+    async def users_by_id(self, user_ids: Sequence[int]) -> list[UserInfo]: ...
+
+    async def stored_file(self, file_id: int) -> StoredFile | None: ...
+
+    async def files_of(self, uploader_id: int, file_ids: Sequence[int]) -> list[FileRef]:
+        """Those of ``file_ids`` that ``uploader_id`` stored, in the order given."""
+
+    async def uploads_since(self, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
+        """(created_ms, size) of the user's files since ``since_ms``, oldest first."""
 
 
 class Subscriber(Protocol):
@@ -134,9 +176,10 @@ class Broker(Protocol[S]):
     ) -> int:
         """Hand ``frame`` to the room's subscribers; returns how many got it."""
 
-    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None) -> int:
-        """Hand ``frame`` to the user's connections; with ``leaving_room``, only to those
-        subscribed to that room, which leave it first.  Returns how many got it."""
+    def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None,
+                        exclude: S | None = None) -> int:
+        """Hand ``frame`` to the user's connections (but ``exclude``); with ``leaving_room``,
+        each of them leaves that room first.  Returns how many got it."""
 
     def is_subscribed(self, room_id: int, subscriber: S) -> bool: ...
 

@@ -26,17 +26,18 @@ RETENTION_BATCH = 500
 
 
 class MembershipFeed:
-    """Applies the changes logged in ``membership_log``: polled, and on demand.
+    """Applies the changes logged in ``membership_log``, by the CLI or by the daemon's own
+    requests: polled, and on demand.
 
-    ``on_member_changed(room_id, user_id)`` runs for each participant added or removed,
-    after the directory shows the change.
+    ``on_changes(changes)`` runs for the changes read at once, in log order, after the
+    directory shows them.
     """
 
     def __init__(self, store: MessageStore, directory: RoomDirectory,
-                 on_member_changed: Callable[[int, int], None]) -> None:
+                 on_changes: Callable[[list[MembershipChange]], None]) -> None:
         self._store = store
         self._directory = directory
-        self._on_member_changed = on_member_changed
+        self._on_changes = on_changes
         self._log_id = 0
         self._catch_up: asyncio.Future[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -57,11 +58,15 @@ class MembershipFeed:
             except Exception:
                 log.exception("membership.poll_failed")
 
-    async def catch_up(self) -> None:
-        """Apply the changes logged since the last look (one look at a time, shared)."""
-        if self._catch_up is None or self._catch_up.done():
-            self._catch_up = asyncio.ensure_future(self._read_changes())
-        await asyncio.shield(self._catch_up)
+    async def catch_up(self, through: int = 0) -> None:
+        """Apply the changes logged since the last look (one look at a time, shared); with
+        ``through``, until the change with that log id is applied."""
+        while True:
+            if self._catch_up is None or self._catch_up.done():
+                self._catch_up = asyncio.ensure_future(self._read_changes())
+            await asyncio.shield(self._catch_up)
+            if self._log_id >= through:
+                return
 
     async def _read_changes(self) -> None:
         changes = await self._store.membership_changes(self._log_id)
@@ -74,10 +79,10 @@ class MembershipFeed:
         self._log_id = changes[-1].log_id
         for change in changes:
             if change.user_id is None:
-                log.info("room.created", room_id=change.room_id)
-                continue
-            log.info("room.membership", room_id=change.room_id, user_id=change.user_id, change=change.change)
-            self._on_member_changed(change.room_id, change.user_id)
+                log.info("room.changed", room_id=change.room_id, change=change.change)
+            else:
+                log.info("room.membership", room_id=change.room_id, user_id=change.user_id, change=change.change)
+        self._on_changes(changes)
 
 
 class Retention:

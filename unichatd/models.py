@@ -37,6 +37,29 @@ class Message(NamedTuple):
     last_reply_ms: int | None = None
     mentions: tuple[int, ...] = ()
     reactions: tuple[Reaction, ...] = ()
+    attachments: tuple[FileRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A stored file as messages and downloads name it."""
+
+    id: int
+    name: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file and who may download it: its uploader, and the participants of the rooms
+    where a message (not deleted) shows it."""
+
+    file: FileRef
+    uploader_id: int
+    storage_key: str
+    """Its name inside ``storage.files_dir``."""
+    room_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +83,7 @@ class NewMessage:
     client_msg_id: str | None
     thread_root_id: int | None = None
     mentions: tuple[int, ...] = ()
+    attachments: tuple[FileRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +113,10 @@ class Refusal(enum.Enum):
     FORBIDDEN = "forbidden"
     """Someone else's message."""
     TOO_MANY_REACTIONS = "too_many_reactions"
+    NOT_OWNER = "not_owner"
+    """A change to a room that only its owner may make."""
+    DIRECT_ROOM = "direct_room"
+    """A change of members of a direct room, which nobody may make."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +158,10 @@ class RoomRecord:
     pruned_through: int = 0
     """The newest message id retention deleted from this room (0: none)."""
     owner_id: int | None = None
-    """Who may delete anyone's messages in the room (protocol.md §6.1); None: nobody."""
+    """Who created the room from a client (protocol.md §6.2): may delete anyone's messages,
+    rename the room and change its members; None: nobody."""
+    direct_pair: tuple[int, int] | None = None
+    """The two users of a direct room (smaller id first); None for other rooms."""
 
 
 @dataclass(slots=True)
@@ -141,6 +172,27 @@ class Snapshot:
     users: dict[int, tuple[str, str]]
     """user id → (username, first_name), for the users named by ``rooms``."""
     membership_log_id: int = 0
+    last_seen: dict[int, int] = field(default_factory=dict)
+    """user id → when their last connection closed (ms), for every user seen (whole loads only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """A room change committed: the room, and the membership log entry that announces it."""
+
+    room_id: int
+    log_id: int
+    created: bool = True
+    """For ``create_direct``: False when the pair's room existed already."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user as ``get_users`` and ``get_presence`` list them (names from the database)."""
+
+    id: int
+    username: str
+    first_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +201,7 @@ class MembershipChange:
     room_id: int
     user_id: int | None
     change: str
-    """``room`` (created), ``add`` or ``remove``."""
+    """``room`` (created), ``add``, ``remove``, ``leave`` or ``rename``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ each committed write, applied in commit order (see ``chat``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .models import Change, Message, RoomRecord, Snapshot
@@ -27,11 +27,17 @@ def preview(content: str) -> str:
     return content[:PREVIEW_CHARS]
 
 
+def _nobody_online(user_id: int) -> tuple[bool, str | None]:
+    return False, None
+
+
 class RoomDirectory:
     def __init__(self) -> None:
         self.rooms: dict[int, RoomRecord] = {}
         self.users: dict[int, tuple[str, str]] = {}
         self._user_rooms: dict[int, set[int]] = {}
+        self.presence: Callable[[int], tuple[bool, str | None]] = _nobody_online
+        """user id → (online, last_seen) for participant lists (set by the chat service)."""
 
     def apply(self, snapshot: Snapshot) -> None:
         """Take the rooms of ``snapshot`` as they now are (replacing what was known of them)."""
@@ -145,12 +151,29 @@ class RoomDirectory:
                       if user_id in users and users[user_id][0].casefold() in names)
         return found, len(found) >= len(names)
 
+    def name_for(self, room: RoomRecord, user_id: int) -> str:
+        """The room's name as ``user_id`` sees it: in a direct room, the other one's username."""
+        pair = room.direct_pair
+        if pair is None:
+            return room.name
+        other = pair[1] if pair[0] == user_id else pair[0]
+        return self.users.get(other, (f"user{other}", ""))[0]
+
+    def participant_list(self, room_id: int) -> list[dict[str, Any]]:
+        users, presence = self.users, self.presence
+        listed = []
+        for user_id in self.rooms[room_id].markers:
+            online, last_seen = presence(user_id)
+            listed.append({"id": user_id, "username": users.get(user_id, (f"user{user_id}", ""))[0],
+                           "online": online, "last_seen": last_seen})
+        return listed
+
     def room_state(self, room_id: int, user_id: int) -> dict[str, Any]:
         """The fields of ``room_updated`` that a room list shows, as ``user_id`` sees them."""
         room = self.rooms[room_id]
         last = room.last_message
         return {
-            "name": room.name,
+            "name": self.name_for(room, user_id),
             "last_message_content": preview(last.content) if last else None,
             "last_message_time": format_timestamp(last.created_ms) if last else None,
             "unread_count": room.unread.get(user_id, 0),
@@ -162,17 +185,14 @@ class RoomDirectory:
         state = self.room_state(room_id, user_id)
         return {
             "id": room.id,
-            "name": room.name,
+            "name": state["name"],
             "room_type": room.room_type,
             "last_message_content": state["last_message_content"],
             "last_message_time": state["last_message_time"],
             "unread_count": state["unread_count"],
             "mention_count": state["mention_count"],
             "owner_id": room.owner_id,
-            "participants": [
-                {"id": uid, "username": self.users.get(uid, (f"user{uid}", ""))[0]}
-                for uid in room.markers
-            ],
+            "participants": self.participant_list(room_id),
         }
 
     def room_list(self, user_id: int) -> list[dict[str, Any]]:

@@ -12,13 +12,14 @@ import http
 import ipaddress
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from .errors import BadRequest
+from .models import FileRef
 from .webclient import REVALIDATE, WebClientFiles, WebFile, accepts_gzip
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -81,6 +82,25 @@ def method_not_allowed(allowed: Iterable[str]) -> Response:
     allow = ", ".join(sorted(allowed))
     return error(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"allowed methods: {allow}",
                  extra=[("Allow", allow)])
+
+
+# -- files ----------------------------------------------------------------------------
+
+INLINE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Shown in the page rather than downloaded (protocol.md §6.3); none of them runs script."""
+
+
+def file_download(file: FileRef, data: bytes, *, head: bool) -> Response:
+    """A stored file: never sniffed, never run as a page, downloaded unless a plain image."""
+    inline = file.content_type in INLINE_IMAGES
+    ascii_name = "".join(char if char.isascii() and char.isprintable() and char not in '"\\' else "_"
+                         for char in file.name)
+    disposition = (f'{"inline" if inline else "attachment"}; filename="{ascii_name}"; '
+                   f"filename*=UTF-8''{quote(file.name, safe='')}")
+    return respond(http.HTTPStatus.OK, data, file.content_type if inline else "application/octet-stream",
+                   head=head, cache="private, max-age=86400",
+                   extra=[("X-Content-Type-Options", "nosniff"), ("Content-Disposition", disposition),
+                          ("Content-Security-Policy", "default-src 'none'; sandbox")])
 
 
 # -- the web client -------------------------------------------------------------------

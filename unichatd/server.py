@@ -266,7 +266,7 @@ class UnichatServer:
                 if isinstance(frame, str):
                     await session.handle_text(frame)
                 else:
-                    session.handle_binary()
+                    session.handle_binary(frame)
         except ConnectionClosed:
             pass
         finally:

@@ -20,6 +20,8 @@ from .catchup import CatchUp
 from .chat import Chat
 from .clock import Timer
 from .errors import AuthError, ClientError, CloseCode, CloseConnection, ErrorCode, RateLimited
+from .files import IDLE_TIMEOUT as UPLOAD_IDLE_TIMEOUT
+from .files import Upload
 from .limits import FloodGuard, TokenBucket
 from .log import switches
 from .models import ReadResult, Stored
@@ -56,7 +58,7 @@ class Session:
     __slots__ = (
         "conn_id", "identity", "user_id", "chat", "_sink", "send", "closed", "draining", "_catch_ups",
         "_frames", "_frame_flood", "_send_flood", "_expiry", "_replies", "_replies_out", "_close_after_replies",
-        "__weakref__",
+        "_upload", "__weakref__",
     )
 
     def __init__(self, conn_id: int, identity: Identity, sink: Sink, chat: Chat) -> None:
@@ -84,6 +86,8 @@ class Session:
         self._frame_flood = FloodGuard(2 * limits.frame_burst)
         self._send_flood = FloodGuard(2 * limits.message_burst)
         self._expiry: Timer | None = None
+        self._upload: Upload | None = None
+        """The upload whose bytes the next binary frames carry (protocol.md §6.3)."""
 
     def apply_limits(self) -> None:
         """Adopt the chat's current frame limits (after a config reload)."""
@@ -123,6 +127,7 @@ class Session:
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
+        self._end_upload()
         self.chat.disconnect(self)
 
     def _schedule_expiry(self) -> None:
@@ -245,8 +250,21 @@ class Session:
                 client_msg_id=getattr(request, "client_msg_id", None),
             ))
 
-    def handle_binary(self) -> None:
+    def handle_binary(self, data: bytes) -> None:
         if self.closed:
+            return
+        upload = self._upload
+        if upload is not None:
+            # An upload's bytes are bounded by its announced size, not by the frame rate.
+            try:
+                self.chat.files.write(upload, data, self.chat.clock.monotonic())
+            except ClientError as exc:
+                self._end_upload()
+                self.send_error(exc)
+            except OSError as exc:
+                log.error("upload.write_failed", conn_id=self.conn_id, error=str(exc))
+                self._end_upload()
+                self.send_error(ClientError(ErrorCode.INTERNAL_ERROR, "the file could not be written"))
             return
         try:
             self._check_frame_rate(None)
@@ -411,6 +429,70 @@ class Session:
     async def _changes(self, request: protocol.GetChanges) -> None:
         self.reply(await self.chat.changes(self, request))
 
+    async def _create_room(self, request: protocol.CreateRoom) -> None:
+        self.reply(await self.chat.create_room(self, request))
+
+    async def _create_direct(self, request: protocol.CreateDirect) -> None:
+        self.reply(await self.chat.create_direct(self, request))
+
+    async def _change_members(self, request: protocol.ChangeMembers) -> None:
+        self.reply(await self.chat.change_members(self, request))
+
+    async def _rename_room(self, request: protocol.RenameRoom) -> None:
+        self.reply(await self.chat.rename_room(self, request))
+
+    async def _leave_room(self, request: protocol.LeaveRoom) -> None:
+        frame = await self.chat.leave_room(self, request)
+        self._catch_ups.pop(request.room_id, None)
+        self.reply(frame)
+
+    async def _users(self, request: protocol.GetUsers) -> None:
+        self.reply(await self.chat.users(request))
+
+    async def _presence(self, request: protocol.GetPresence) -> None:
+        self.reply(await self.chat.presence_list(request))
+
+    # -- uploads -----------------------------------------------------------------
+
+    async def _upload_file(self, request: protocol.UploadFile) -> None:
+        if self._upload is not None:
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "another upload is in flight on this connection; "
+                                                         "finish it with upload_done first")
+        chat = self.chat
+        upload = await chat.files.begin(self.user_id, request.name, request.size, request.content_type,
+                                        chat.config.limits, chat.clock.monotonic())
+        if self.closed:  # (gone while the quota was read)
+            chat.files.abandon(upload)
+            return
+        self._upload = upload
+        chat.clock.call_later(UPLOAD_IDLE_TIMEOUT, self._check_upload_progress, upload)
+        self.reply(protocol.upload_ready_frame(upload.id, chat.config.server.max_message_bytes, request.request_id))
+
+    def _check_upload_progress(self, upload: Upload) -> None:
+        if self._upload is not upload:
+            return
+        clock = self.chat.clock
+        idle = clock.monotonic() - upload.last_progress
+        if idle < UPLOAD_IDLE_TIMEOUT:
+            clock.call_later(UPLOAD_IDLE_TIMEOUT - idle, self._check_upload_progress, upload)
+            return
+        self._end_upload()
+        self.send_error(ClientError(ErrorCode.INVALID_MESSAGE,
+                                    f"upload {upload.id} abandoned: no bytes for {UPLOAD_IDLE_TIMEOUT:g} seconds"))
+
+    def _end_upload(self) -> None:
+        if self._upload is not None:
+            self.chat.files.abandon(self._upload)
+            self._upload = None
+
+    async def _upload_done(self, request: protocol.UploadDone) -> None:
+        upload = self._upload
+        if upload is None or upload.id != request.upload_id:
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "unknown upload_id (no such upload in flight here)")
+        self._upload = None
+        stored = await self.chat.files.finish(upload)
+        self.reply(protocol.file_stored_frame(stored, request.request_id))
+
     def _ping(self, request: protocol.Ping) -> None:
         self.reply(protocol.pong_frame(request.request_id))
 
@@ -440,6 +522,15 @@ _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.GetThread: Session._thread,
     protocol.SearchMessages: Session._search,
     protocol.GetChanges: Session._changes,
+    protocol.CreateRoom: Session._create_room,
+    protocol.CreateDirect: Session._create_direct,
+    protocol.ChangeMembers: Session._change_members,
+    protocol.RenameRoom: Session._rename_room,
+    protocol.LeaveRoom: Session._leave_room,
+    protocol.GetUsers: Session._users,
+    protocol.GetPresence: Session._presence,
+    protocol.UploadFile: Session._upload_file,
+    protocol.UploadDone: Session._upload_done,
     protocol.Ping: Session._ping,
     protocol.Help: Session._help,
     protocol.WhoAmI: Session._whoami,

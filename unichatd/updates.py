@@ -45,6 +45,8 @@ class Connections(Protocol[R_co]):
 class _Owed:
     since: float
     rooms: set[int] = field(default_factory=set)
+    members: set[int] | None = None
+    """Rooms whose participants changed: their frame carries ``participants`` too."""
 
 
 class RoomUpdates(Generic[R]):
@@ -61,12 +63,13 @@ class RoomUpdates(Generic[R]):
         self._timer: Timer | None = None
         self._encoders: dict[int, tuple[float, tuple[int, int, str], protocol.RoomUpdateEncoder]] = {}
 
-    def room_changed(self, room_id: int) -> None:
-        """Every participant's room list shows this room differently now."""
+    def room_changed(self, room_id: int, *, members: bool = False) -> None:
+        """Every participant's room list shows this room differently now (with ``members``:
+        its participants changed)."""
         for user_id in self._directory.participants(room_id):
-            self.changed_for(user_id, room_id)
+            self.changed_for(user_id, room_id, members=members)
 
-    def changed_for(self, user_id: int, room_id: int) -> None:
+    def changed_for(self, user_id: int, room_id: int, *, members: bool = False) -> None:
         """The user's room list shows this room differently now."""
         connections = self._connections.connections_of(user_id)
         if not connections:
@@ -78,6 +81,10 @@ class RoomUpdates(Generic[R]):
                 owed = self._owed[connection] = _Owed(now)
                 self._order.append((connection, owed))
             owed.rooms.add(room_id)
+            if members:
+                if owed.members is None:
+                    owed.members = set()
+                owed.members.add(room_id)
         if self._timer is None:
             self._timer = self._clock.call_later(WINDOW, self._send_due)
 
@@ -99,11 +106,18 @@ class RoomUpdates(Generic[R]):
         for room_id in owed.rooms:
             if not directory.is_participant(room_id, user_id):
                 continue
+            if owed.members is not None and room_id in owed.members:
+                updates = directory.room_state(room_id, user_id)
+                updates["participants"] = directory.participant_list(room_id)
+                connection.send(protocol.room_updated_frame(room_id, updates))
+                self._stats.room_updates += 1
+                continue
             # Most of a room_updated is the same for every participant: encode it once
             # per room and state.
             room = directory.rooms[room_id]
             last = room.last_message
-            key = (last.id if last is not None else 0, last.revision if last is not None else 0, room.name)
+            name = directory.name_for(room, user_id)
+            key = (last.id if last is not None else 0, last.revision if last is not None else 0, name)
             cached = self._encoders.get(room_id)
             if cached is None or cached[1] != key or now - cached[0] > ENCODER_REUSE:
                 cached = (now, key, protocol.RoomUpdateEncoder(room_id, directory.room_state(room_id, user_id)))

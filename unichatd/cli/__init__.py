@@ -85,9 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", parents=[config_option],
                                help="post a message to a room and print its id")
     send.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
-    send.add_argument("content", metavar="TEXT")
+    send.add_argument("content", metavar="TEXT", nargs="?", default="",
+                      help="the message (may be left out with --file)")
     send.add_argument("--as", dest="user_id", type=_positive_int, required=True, metavar="USER_ID")
     send.add_argument("--reply-to", type=_positive_int, metavar="MESSAGE_ID")
+    send.add_argument("--file", action="append", default=[], metavar="PATH",
+                      help="attach a file (repeat for several, at most 10)")
     _add_address_options(send)
     tail = commands.add_parser("tail", parents=[config_option], help="print a room's messages as they arrive")
     _add_address_options(tail)
@@ -124,7 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     bench_at = _bench_position(arguments)
     # What follows `bench` is the benchmark's own command line, passed on as typed.
-    args = build_parser().parse_args(arguments if bench_at is None else arguments[:bench_at + 1])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(arguments if bench_at is None else arguments[:bench_at + 1])
+    if extra:
+        if getattr(args, "command", None) == "send" and not args.content and len(extra) == 1:
+            # `send ROOM --as USER TEXT`: argparse settles the optional TEXT before the options.
+            args.content = extra[0]
+        else:
+            parser.error("unrecognized arguments: " + " ".join(extra))
     config_path: str | None = getattr(args, "config", None)
     try:
         if bench_at is not None:

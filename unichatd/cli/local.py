@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from ..auth import mint_token
-from ..config import EMBEDDED, Config, load_tls, render_config, with_overrides
+from ..config import EMBEDDED, Config, files_beside, load_tls, render_config, with_overrides
 from ..errors import CommandFailed, ConfigError
+from ..files import copy_files
 from ..keys import load_keyring, write_private_file
 from ..store import AdminStore
 
@@ -126,11 +128,14 @@ def backup(config: Config, args: argparse.Namespace) -> int:
         raise CommandFailed(f"{target} already exists; refusing to overwrite") from None
     finally:
         store.close()
+    # After the database's snapshot: every file it names is complete on disk by then.
+    copy_files(config.files_path, files_beside(target))
     print(target)
     if rotate and args.keep is not None:
         copies = sorted(target.parent.glob(f"{BACKUP_PREFIX}*.db"), key=lambda path: path.stat().st_mtime_ns)
         for old in copies[:-args.keep]:
             old.unlink(missing_ok=True)
+            shutil.rmtree(files_beside(old), ignore_errors=True)
     return EXIT_OK
 
 

@@ -12,13 +12,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..auth import mint_token
 from ..config import Config
-from ..errors import CommandFailed
+from ..errors import CommandFailed, ConfigError
 from ..instance import Instance, running_instance
 from ..keys import load_keyring
+from ..protocol import MAX_ATTACHMENTS
 from ..store import AdminStore
 
 EXIT_OK = 0
@@ -113,11 +115,20 @@ def _client_for(config: Config, args: argparse.Namespace) -> tuple[str, str, ssl
 def send(config: Config, args: argparse.Namespace) -> int:
     from ..client import ChatClient
 
+    if not args.content.strip() and not args.file:
+        raise ConfigError("command line", "TEXT", "give the message text, or --file")
+    if len(args.file) > MAX_ATTACHMENTS:
+        raise ConfigError("command line", "--file", f"at most {MAX_ATTACHMENTS} files a message")
+    for path in args.file:
+        if not Path(path).is_file():
+            raise ConfigError("command line", "--file", f"{path} is not a readable file")
     url, token, tls = _client_for(config, args)
 
     async def post() -> int:
         async with ChatClient(url, token, reconnect=False, ssl=tls) as chat:
-            message = await chat.send(args.room_id, args.content, reply_to=args.reply_to)
+            files = [await chat.upload(path) for path in args.file]
+            message = await chat.send(args.room_id, args.content, reply_to=args.reply_to,
+                                      attachments=[file["id"] for file in files])
             return int(message["id"])
 
     print(_talk(post(), url, refused="the server refused the message"))

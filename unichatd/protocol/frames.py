@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from ..errors import ClientError
-from ..models import Message, Reaction, ThreadState
+from ..models import FileRef, Message, Reaction, ThreadState
 from .requests import RequestId
 
 # ---------------------------------------------------------------------------
@@ -69,8 +70,14 @@ def message_object(message: Message) -> dict[str, Any]:
         "reply_count": message.reply_count,
         "last_reply_at": None if message.last_reply_ms is None else format_timestamp(message.last_reply_ms),
         "mentions": list(message.mentions),
-        "attachments": [],
+        "attachments": [file_object(file) for file in message.attachments] if message.attachments else [],
     }
+
+
+def file_object(file: FileRef) -> dict[str, Any]:
+    """A stored file as the wire shows it; ``url`` is a path on the chat port."""
+    return {"id": file.id, "name": file.name, "size": file.size, "content_type": file.content_type,
+            "url": f"/files/{file.id}/{quote(file.name, safe='')}"}
 
 
 def reaction_list(reactions: Sequence[Reaction]) -> list[dict[str, Any]]:
@@ -254,6 +261,38 @@ def changes_frame(room_id: int, messages: Sequence[Message], has_more: bool, req
                               "has_more": has_more}, request_id)
 
 
+def room_created_frame(room: dict[str, Any], request_id: RequestId) -> bytes:
+    return encode("room_created", {"room": room}, request_id)
+
+
+def members_updated_frame(room_id: int, participants: list[dict[str, Any]], request_id: RequestId) -> bytes:
+    return encode("members_updated", {"room_id": room_id, "participants": participants}, request_id)
+
+
+def room_renamed_frame(room_id: int, name: str, request_id: RequestId) -> bytes:
+    """The direct reply to ``rename_room``: a ``room_updated`` naming the new name."""
+    return encode("room_updated", {"room_id": room_id, "updates": {"name": name}}, request_id)
+
+
+def users_frame(kind: str, users: list[dict[str, Any]], request_id: RequestId) -> bytes:
+    """``users`` (to get_users) or ``presence_list`` (to get_presence)."""
+    return encode(kind, {"users": users}, request_id)
+
+
+def presence_frame(user_id: int, online: bool, last_seen_ms: int | None) -> bytes:
+    return encode("presence", {"user_id": user_id, "online": online,
+                               "last_seen": None if last_seen_ms is None else format_timestamp(last_seen_ms)})
+
+
+def upload_ready_frame(upload_id: str, chunk_bytes: int, request_id: RequestId) -> bytes:
+    """``chunk_bytes`` (an addition): the largest binary frame the server accepts."""
+    return encode("upload_ready", {"upload_id": upload_id, "chunk_bytes": chunk_bytes}, request_id)
+
+
+def file_stored_frame(file: FileRef, request_id: RequestId) -> bytes:
+    return encode("file_stored", {"file": file_object(file)}, request_id)
+
+
 def pong_frame(request_id: RequestId) -> bytes:
     return encode("pong", {}, request_id)
 
@@ -270,9 +309,10 @@ REQUEST_HELP: dict[str, dict[str, Any]] = {
                                   "since_revision": "int, optional (with last_message_id)"},
                        "reply": "subscribed, then history when last_message_id is given"},
     "unsubscribe_room": {"fields": {"room_id": "int"}, "reply": "unsubscribed"},
-    "send_message": {"fields": {"room_id": "int", "content": "string",
+    "send_message": {"fields": {"room_id": "int", "content": "string (may be empty with attachments)",
                                 "reply_to": "message id, optional",
-                                "client_msg_id": "string of at most 64 characters, optional"},
+                                "client_msg_id": "string of at most 64 characters, optional",
+                                "attachments": "list of at most 10 file ids from file_stored, optional"},
                      "reply": "message_ack"},
     "mark_read": {"fields": {"room_id": "int", "message_ids": "list of ids, optional (absent = all)"},
                   "reply": "read_marked"},
@@ -297,6 +337,23 @@ REQUEST_HELP: dict[str, dict[str, Any]] = {
                         "reply": "search_results"},
     "get_changes": {"fields": {"room_id": "int", "since_revision": "int", "limit": "1..100, default 100"},
                     "reply": "changes"},
+    "create_room": {"fields": {"name": "1..100 characters", "member_ids": "list of user ids",
+                               "room_type": '"group" (default)'}, "reply": "room_created"},
+    "create_direct": {"fields": {"user_id": "int"}, "reply": "room_created"},
+    "add_members": {"fields": {"room_id": "int", "user_ids": "list of user ids"},
+                    "reply": "members_updated (room owners only)"},
+    "remove_members": {"fields": {"room_id": "int", "user_ids": "list of user ids"},
+                       "reply": "members_updated (room owners only)"},
+    "rename_room": {"fields": {"room_id": "int", "name": "1..100 characters"},
+                    "reply": "room_updated (room owners only)"},
+    "leave_room": {"fields": {"room_id": "int"}, "reply": 'unsubscribed (reason "left_room")'},
+    "get_users": {"fields": {"query": "prefix of a username or first name, optional",
+                             "limit": "1..100, default 50"}, "reply": "users"},
+    "get_presence": {"fields": {"user_ids": "list of at most 1000 user ids"}, "reply": "presence_list"},
+    "upload_file": {"fields": {"name": "file name, 1..255 characters", "size": "bytes",
+                               "content_type": "e.g. image/png"},
+                    "reply": "upload_ready; then send the bytes as binary frames and upload_done"},
+    "upload_done": {"fields": {"upload_id": "string from upload_ready"}, "reply": "file_stored"},
     "ping": {"fields": {}, "reply": "pong"},
     "help": {"fields": {}, "reply": "help"},
     "whoami": {"fields": {}, "reply": "whoami"},

@@ -34,6 +34,18 @@ SEARCH_DEFAULT_LIMIT = 20
 SEARCH_MAX_LIMIT = 100
 CHANGES_DEFAULT_LIMIT = 100
 CHANGES_MAX_LIMIT = 100
+MAX_ROOM_NAME_CHARS = 100
+MAX_MEMBER_IDS = 1000
+"""Users named by one create_room, add_members or remove_members."""
+USERS_DEFAULT_LIMIT = 50
+USERS_MAX_LIMIT = 100
+MAX_USER_QUERY_CHARS = 100
+MAX_PRESENCE_IDS = 1000
+MAX_FILE_NAME_CHARS = 255
+MAX_CONTENT_TYPE_CHARS = 255
+MAX_ATTACHMENTS = 10
+MAX_UPLOAD_ID_CHARS = 64
+ROOM_TYPES = ("group", "direct")
 
 RequestId = str | int | None
 
@@ -70,6 +82,8 @@ class SendMessage:
     reply_to: int | None
     client_msg_id: str | None
     request_id: RequestId = None
+    attachments: tuple[int, ...] = ()
+    """File ids the sender stored (``content`` may then be empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +187,86 @@ class GetChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateRoom:
+    """``create_room``: a room the requester owns, with them and ``member_ids`` in it."""
+
+    name: str
+    member_ids: tuple[int, ...]
+    room_type: str
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDirect:
+    """``create_direct``: the one direct room of the requester and ``user_id``."""
+
+    user_id: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeMembers:
+    """``add_members`` (``add``) or ``remove_members``."""
+
+    room_id: int
+    user_ids: tuple[int, ...]
+    add: bool
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenameRoom:
+    """``rename_room``."""
+
+    room_id: int
+    name: str
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    """``leave_room``."""
+
+    room_id: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetUsers:
+    """``get_users``: users whose username or first name starts with ``query``."""
+
+    query: str
+    limit: int
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetPresence:
+    """``get_presence``."""
+
+    user_ids: tuple[int, ...]
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFile:
+    """``upload_file``: announces a file whose bytes follow in binary frames."""
+
+    name: str
+    size: int
+    content_type: str
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDone:
+    """``upload_done``: the last byte was sent."""
+
+    upload_id: str
+    request_id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """``ping``."""
 
@@ -216,6 +310,15 @@ Request = (
     | GetThread
     | SearchMessages
     | GetChanges
+    | CreateRoom
+    | CreateDirect
+    | ChangeMembers
+    | RenameRoom
+    | LeaveRoom
+    | GetUsers
+    | GetPresence
+    | UploadFile
+    | UploadDone
     | Ping
     | Help
     | WhoAmI
@@ -336,11 +439,11 @@ def _parse_unsubscribe(frame: Mapping[str, Any], request_id: RequestId, _: int) 
     return Unsubscribe(_room_id(frame), request_id)
 
 
-def _content(frame: Mapping[str, Any], max_chars: int) -> str:
-    content = frame.get("content")
+def _content(frame: Mapping[str, Any], max_chars: int, *, may_be_empty: bool = False) -> str:
+    content = frame.get("content", "" if may_be_empty else None)
     if not isinstance(content, str):
         raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' is required and must be a string")
-    if not content.strip():
+    if not content.strip() and not may_be_empty:
         raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content' must not be empty")
     if len(content) > max_chars:
         raise ClientError(ErrorCode.INVALID_MESSAGE, f"field 'content' is longer than {max_chars} characters")
@@ -356,9 +459,22 @@ def _limit(frame: Mapping[str, Any], default: int, maximum: int) -> int:
     return int(limit)
 
 
+def _id_list(frame: Mapping[str, Any], name: str, maximum: int, *, required: bool = True) -> tuple[int, ...]:
+    """A list of positive integer ids, each once (order kept)."""
+    ids = frame.get(name)
+    if ids is None and not required:
+        return ()
+    if not isinstance(ids, list) or not all(_is_int(i) and 1 <= i <= MAX_ID for i in ids):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be a list of ids")
+    if len(ids) > maximum:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, f"field {name!r} holds more than {maximum} ids")
+    return tuple(dict.fromkeys(ids))
+
+
 def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int) -> SendMessage:
     room_id = _room_id(frame)
-    content = _content(frame, max_chars)
+    attachments = _id_list(frame, "attachments", MAX_ATTACHMENTS, required=False)
+    content = _content(frame, max_chars, may_be_empty=bool(attachments))
     reply_to = _int_field(frame, "reply_to", required=False)
     client_msg_id = frame.get("client_msg_id")
     if client_msg_id is not None and (
@@ -369,7 +485,7 @@ def _parse_send(frame: Mapping[str, Any], request_id: RequestId, max_chars: int)
         raise ClientError(
             ErrorCode.INVALID_MESSAGE, "field 'client_msg_id' must be a non-empty string of at most 64 characters"
         )
-    return SendMessage(room_id, content, reply_to, client_msg_id, request_id)
+    return SendMessage(room_id, content, reply_to, client_msg_id, request_id, attachments)
 
 
 def _parse_mark_read(frame: Mapping[str, Any], request_id: RequestId, _: int) -> MarkRead:
@@ -451,6 +567,86 @@ def _parse_changes(frame: Mapping[str, Any], request_id: RequestId, _: int) -> G
     return GetChanges(_room_id(frame), since, _limit(frame, CHANGES_DEFAULT_LIMIT, CHANGES_MAX_LIMIT), request_id)
 
 
+def _room_name(frame: Mapping[str, Any]) -> str:
+    name = frame.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_ROOM_NAME_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          f"field 'name' must be a non-empty string of at most {MAX_ROOM_NAME_CHARS} characters")
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'name' must not hold control characters")
+    return name.strip()
+
+
+def _parse_create_room(frame: Mapping[str, Any], request_id: RequestId, _: int) -> CreateRoom:
+    name = _room_name(frame)
+    member_ids = _id_list(frame, "member_ids", MAX_MEMBER_IDS)
+    room_type = frame.get("room_type", "group")
+    if room_type != "group":
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          "field 'room_type' must be \"group\" (a direct room comes from create_direct)")
+    return CreateRoom(name, member_ids, room_type, request_id)
+
+
+def _parse_create_direct(frame: Mapping[str, Any], request_id: RequestId, _: int) -> CreateDirect:
+    user_id: int = _int_field(frame, "user_id")
+    return CreateDirect(user_id, request_id)
+
+
+def _parse_members(frame: Mapping[str, Any], request_id: RequestId, _: int) -> ChangeMembers:
+    room_id = _room_id(frame)
+    user_ids = _id_list(frame, "user_ids", MAX_MEMBER_IDS)
+    if not user_ids:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'user_ids' must name at least one user")
+    return ChangeMembers(room_id, user_ids, frame["type"] == "add_members", request_id)
+
+
+def _parse_rename(frame: Mapping[str, Any], request_id: RequestId, _: int) -> RenameRoom:
+    return RenameRoom(_room_id(frame), _room_name(frame), request_id)
+
+
+def _parse_leave(frame: Mapping[str, Any], request_id: RequestId, _: int) -> LeaveRoom:
+    return LeaveRoom(_room_id(frame), request_id)
+
+
+def _parse_users(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetUsers:
+    query = frame.get("query", "")
+    if query is None:
+        query = ""
+    if not isinstance(query, str) or len(query) > MAX_USER_QUERY_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          f"field 'query' must be a string of at most {MAX_USER_QUERY_CHARS} characters")
+    return GetUsers(query.strip(), _limit(frame, USERS_DEFAULT_LIMIT, USERS_MAX_LIMIT), request_id)
+
+
+def _parse_presence(frame: Mapping[str, Any], request_id: RequestId, _: int) -> GetPresence:
+    return GetPresence(_id_list(frame, "user_ids", MAX_PRESENCE_IDS), request_id)
+
+
+def _parse_upload(frame: Mapping[str, Any], request_id: RequestId, _: int) -> UploadFile:
+    name = frame.get("name")
+    if not isinstance(name, str) or not name or len(name) > MAX_FILE_NAME_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          f"field 'name' must be a file name of 1 to {MAX_FILE_NAME_CHARS} characters")
+    if "/" in name or "\0" in name or name in (".", ".."):
+        raise ClientError(ErrorCode.INVALID_MESSAGE,
+                          "field 'name' must be a plain file name: no '/', no NUL, not '.' or '..'")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'name' must not hold control characters")
+    size: int = _int_field(frame, "size", minimum=0)
+    content_type = frame.get("content_type") or "application/octet-stream"
+    if (not isinstance(content_type, str) or len(content_type) > MAX_CONTENT_TYPE_CHARS
+            or not content_type.isascii() or any(not char.isprintable() for char in content_type)):
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'content_type' must be a media type such as image/png")
+    return UploadFile(name, size, content_type.strip().lower(), request_id)
+
+
+def _parse_upload_done(frame: Mapping[str, Any], request_id: RequestId, _: int) -> UploadDone:
+    upload_id = frame.get("upload_id")
+    if not isinstance(upload_id, str) or not upload_id or len(upload_id) > MAX_UPLOAD_ID_CHARS:
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'upload_id' is required and must be a string")
+    return UploadDone(upload_id, request_id)
+
+
 def _parse_refresh(frame: Mapping[str, Any], request_id: RequestId, _: int) -> RefreshToken:
     token = frame.get("token")
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
@@ -487,6 +683,16 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], RequestId, int], Request]] = {
     "get_thread": _parse_thread,
     "search_messages": _parse_search,
     "get_changes": _parse_changes,
+    "create_room": _parse_create_room,
+    "create_direct": _parse_create_direct,
+    "add_members": _parse_members,
+    "remove_members": _parse_members,
+    "rename_room": _parse_rename,
+    "leave_room": _parse_leave,
+    "get_users": _parse_users,
+    "get_presence": _parse_presence,
+    "upload_file": _parse_upload,
+    "upload_done": _parse_upload_done,
     "ping": _parse_ping,
     "help": _parse_help,
     "whoami": _parse_whoami,

@@ -10,11 +10,12 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import NoSuchRoom
+from ..errors import DirectRoom, NoSuchRoom
 from ..models import Message, RoomSummary
+from . import membership, queries
 from .operations import index_messages
 from .queries import MESSAGES_WITH_SENDER, last_number, message_from_row
-from .schema import immediate, now_ms, open_sync
+from .schema import immediate, open_sync
 
 _IMPORT_SQL = "INSERT INTO messages(id, revision, room_id, sender_id, content, created_ms) VALUES (?,?,?,?,?,?)"
 
@@ -28,64 +29,32 @@ class AdminStore:
     def close(self) -> None:
         self.conn.close()
 
-    def _ensure_users(self, user_ids: Iterable[int]) -> None:
-        # A member who never connected gets a placeholder name until their first token.
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO users(id, username, first_name, updated_ms) VALUES (?, ?, '', ?)",
-            [(uid, f"user{uid}", now_ms()) for uid in user_ids],
-        )
-
     def create_room(self, name: str, room_type: str, members: Sequence[int]) -> int:
+        """A new room; for ``direct`` (two members), the pair's one direct room, new or not."""
         with immediate(self.conn) as conn:
-            room_id = conn.execute(
-                "INSERT INTO rooms(name, room_type, created_ms) VALUES (?, ?, ?)",
-                (name, room_type, now_ms()),
-            ).lastrowid
-            assert room_id is not None
-            conn.execute(
-                "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, NULL, 'room')",
-                (room_id,),
-            )
-            self._add(room_id, members)
-        return room_id
-
-    def _add(self, room_id: int, user_ids: Sequence[int]) -> None:
-        self._ensure_users(user_ids)
-        for user_id in dict.fromkeys(user_ids):
-            # A new member starts with everything before their arrival read.
-            cursor = self.conn.execute(
-                "INSERT OR IGNORE INTO participants(room_id, user_id, last_read_id, joined_ms) "
-                "VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE room_id = ?), ?)",
-                (room_id, user_id, room_id, now_ms()),
-            )
-            if cursor.rowcount:
-                self.conn.execute(
-                    "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, ?, 'add')",
-                    (room_id, user_id),
-                )
+            if room_type == "direct":
+                return membership.direct_room(conn, *members).room_id
+            return membership.create_room(conn, name, room_type, members).room_id
 
     def room_exists(self, room_id: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone() is not None
+        return membership.room_exists(self.conn, room_id)
 
     def add_members(self, room_id: int, user_ids: Sequence[int]) -> None:
-        with immediate(self.conn):
-            if not self.room_exists(room_id):
-                raise NoSuchRoom(room_id)
-            self._add(room_id, user_ids)
+        with immediate(self.conn) as conn:
+            self._changeable(room_id)
+            membership.add_members(conn, room_id, user_ids)
 
     def remove_members(self, room_id: int, user_ids: Sequence[int]) -> None:
         with immediate(self.conn) as conn:
-            if not self.room_exists(room_id):
-                raise NoSuchRoom(room_id)
-            for user_id in dict.fromkeys(user_ids):
-                cursor = conn.execute(
-                    "DELETE FROM participants WHERE room_id = ? AND user_id = ?", (room_id, user_id)
-                )
-                if cursor.rowcount:
-                    conn.execute(
-                        "INSERT INTO membership_log(room_id, user_id, change) VALUES (?, ?, 'remove')",
-                        (room_id, user_id),
-                    )
+            self._changeable(room_id)
+            membership.remove_members(conn, room_id, user_ids)
+
+    def _changeable(self, room_id: int) -> None:
+        row = self.conn.execute("SELECT room_type FROM rooms WHERE id = ?", (room_id,)).fetchone()
+        if row is None:
+            raise NoSuchRoom(room_id)
+        if row[0] == "direct":
+            raise DirectRoom(room_id)
 
     def import_messages(self, rows: Iterable[tuple[int, int, str, int]], *, chunk: int = 50_000) -> None:
         """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.
@@ -137,8 +106,7 @@ class AdminStore:
 
     def user_names(self, user_id: int) -> tuple[str, str]:
         """(username, first_name) as last seen in a token, or the placeholder name."""
-        row = self.conn.execute("SELECT username, first_name FROM users WHERE id = ?", (user_id,)).fetchone()
-        return (str(row[0]), str(row[1])) if row else (f"user{user_id}", "")
+        return queries.user_names(self.conn, user_id)
 
     def first_message_id(self, room_id: int) -> int | None:
         row = self.conn.execute("SELECT MIN(id) FROM messages WHERE room_id = ?", (room_id,)).fetchone()

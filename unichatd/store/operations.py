@@ -14,10 +14,29 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import orjson
 
-from ..models import Change, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored, ThreadState
+from ..models import (
+    Change,
+    FileRef,
+    Message,
+    NewMessage,
+    ReadResult,
+    Refusal,
+    RoomChanged,
+    Snapshot,
+    Stored,
+    ThreadState,
+)
 from ..protocol.requests import MAX_REACTIONS
-from . import queries
-from .queries import MESSAGE_COLUMNS, format_mentions, load_rooms, mention_count, message_from_row, unread_count
+from . import membership, queries
+from .queries import (
+    MESSAGE_COLUMNS,
+    format_attachments,
+    format_mentions,
+    load_rooms,
+    mention_count,
+    message_from_row,
+    unread_count,
+)
 from .schema import now_ms
 
 T_co = TypeVar("T_co", covariant=True)
@@ -74,6 +93,7 @@ class AppendMessage:
         rows: list[tuple[Any, ...]] = []
         mentions: list[tuple[int, int, int]] = []
         replies: list[int] = []
+        posts: list[tuple[int, int, int]] = []
         for item in pending:
             key = (item.sender_id, item.room_id, item.client_msg_id) if item.client_msg_id else None
             if key is not None and key in existing:
@@ -82,22 +102,26 @@ class AppendMessage:
             message_id = ids.take()
             message = Message(message_id, item.room_id, item.sender_id, item.sender_username,
                               item.sender_first_name, item.content, now, item.reply_to, item.client_msg_id,
-                              "text", message_id, None, False, item.thread_root_id, 0, None, item.mentions)
+                              "text", message_id, None, False, item.thread_root_id, 0, None, item.mentions,
+                              (), item.attachments)
             if key is not None:
                 existing[key] = message
             results.append(Stored(message, created=True))
+            posts.extend((file.id, message_id, item.room_id) for file in item.attachments)
             rows.append((message.id, message.room_id, message.sender_id, message.content, now,
                          message.reply_to, message.client_msg_id, message.revision, message.thread_root_id,
-                         format_mentions(message.mentions)))
+                         format_mentions(message.mentions), format_attachments(message.attachments)))
             if message.mentions:
                 mentions.extend(_mention_rows(message.room_id, message.id, message.sender_id, message.mentions))
             if message.thread_root_id is not None:
                 replies.append(len(results) - 1)
         conn.executemany(
             "INSERT INTO messages(id, room_id, sender_id, content, created_ms, reply_to, "
-            "client_msg_id, revision, thread_root_id, mentions) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "client_msg_id, revision, thread_root_id, mentions, attachments) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
+        if posts:
+            conn.executemany("INSERT OR IGNORE INTO file_posts(file_id, message_id, room_id) VALUES (?,?,?)", posts)
         if mentions:
             conn.executemany("INSERT INTO mentions(room_id, user_id, message_id) VALUES (?,?,?)", mentions)
         for index in replies:
@@ -242,9 +266,10 @@ class DeleteMessage:
             return Change(before, before, changed=False)
         conn.execute(
             "UPDATE messages SET content = '', deleted = 1, revision = ?, changed = 1, mentions = NULL, "
-            "reactions = NULL WHERE id = ?",
+            "reactions = NULL, attachments = NULL WHERE id = ?",
             (ids.take(), self.message_id),
         )
+        conn.execute("DELETE FROM file_posts WHERE message_id = ?", (self.message_id,))
         conn.execute("DELETE FROM reactions WHERE message_id = ?", (self.message_id,))
         conn.execute("DELETE FROM mentions WHERE message_id = ?", (self.message_id,))
         return Change(_reread(conn, self.message_id), before, changed=True,
@@ -311,6 +336,104 @@ class UpsertUser:
             "WHERE username != excluded.username OR first_name != excluded.first_name",
             (self.user_id, *self.names, now_ms()),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SetLastSeen:
+    """When users' last connections closed (presence's ``last_seen``)."""
+
+    seen: tuple[tuple[int, int], ...]
+    """(user id, ms)"""
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "last_seen"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
+        conn.executemany("UPDATE users SET last_seen_ms = ? WHERE id = ?", [(ms, user) for user, ms in self.seen])
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRoom:
+    """A room created from a client: its creator owns it and is its first member."""
+
+    name: str
+    room_type: str
+    owner_id: int
+    member_ids: tuple[int, ...]
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "room"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> RoomChanged:
+        return membership.create_room(conn, self.name, self.room_type, (self.owner_id, *self.member_ids),
+                                      owner_id=self.owner_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDirect:
+    """The pair's one direct room (created on first use)."""
+
+    user_id: int
+    other_id: int
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "direct"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> RoomChanged:
+        return membership.direct_room(conn, self.user_id, self.other_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRoom:
+    """A participant's change to a room: ``add``/``remove`` members or ``rename`` (its
+    owner only), or ``leave`` (anyone, themself)."""
+
+    room_id: int
+    user_id: int
+    change: str
+    user_ids: tuple[int, ...] = ()
+    name: str = ""
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "room_change"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> RoomChanged | Refusal:
+        room_id = self.room_id
+        if self.change == "leave":
+            log_id = membership.remove_members(conn, room_id, (self.user_id,), "leave")
+            return RoomChanged(room_id, log_id) if log_id else Refusal.NOT_FOUND
+        refusal = membership.owner_refusal(conn, room_id, self.user_id, members=self.change != "rename")
+        if refusal is not None:
+            return refusal
+        if self.change == "rename":
+            log_id = membership.rename_room(conn, room_id, self.name)
+        elif self.change == "add":
+            log_id = membership.add_members(conn, room_id, self.user_ids)
+        else:
+            log_id = membership.remove_members(conn, room_id, self.user_ids)
+        return RoomChanged(room_id, log_id or membership.last_log_id(conn))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFile:
+    """A complete upload, already on disk under ``storage_key``."""
+
+    uploader_id: int
+    name: str
+    size: int
+    content_type: str
+    storage_key: str
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "file"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> FileRef:
+        file_id = conn.execute(
+            "INSERT INTO files(uploader_id, name, size, content_type, storage_key, created_ms) VALUES (?,?,?,?,?,?)",
+            (self.uploader_id, self.name, self.size, self.content_type, self.storage_key, now_ms()),
+        ).lastrowid
+        assert file_id is not None
+        return FileRef(file_id, self.name, self.size, self.content_type)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..models import MembershipChange, Message, Reaction, RoomRecord, Snapshot
+from ..models import FileRef, MembershipChange, Message, Reaction, RoomRecord, Snapshot, StoredFile, UserInfo
 
 SNIPPET_TOKENS = 24
 """Words around the matches in a search snippet (cut to 200 characters after)."""
@@ -21,7 +21,7 @@ MAX_ROWID = 2**63 - 1
 MESSAGE_COLUMNS = (
     "m.id, m.room_id, m.sender_id, u.username, u.first_name, m.content, m.created_ms, "
     "m.reply_to, m.client_msg_id, m.message_type, m.revision, m.edited_ms, m.deleted, "
-    "m.thread_root_id, m.reply_count, m.last_reply_ms, m.mentions, m.reactions"
+    "m.thread_root_id, m.reply_count, m.last_reply_ms, m.mentions, m.reactions, m.attachments"
 )
 MESSAGES_WITH_SENDER = f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id "
 
@@ -29,12 +29,13 @@ MESSAGES_WITH_SENDER = f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u O
 def message_from_row(row: Sequence[Any]) -> Message:
     (message_id, room_id, sender_id, username, first_name, content, created_ms, reply_to, client_msg_id,
      message_type, revision, edited_ms, deleted, thread_root_id, reply_count, last_reply_ms, mentions,
-     reactions) = row[:18]
+     reactions, attachments) = row[:19]
     return Message(
         message_id, room_id, sender_id, username, first_name, content, created_ms, reply_to, client_msg_id,
         message_type, revision, edited_ms, bool(deleted), thread_root_id, reply_count, last_reply_ms,
         parse_mentions(mentions) if mentions else (),
         parse_reactions(reactions) if reactions else (),
+        parse_attachments(attachments) if attachments else (),
     )
 
 
@@ -48,6 +49,16 @@ def format_mentions(user_ids: Sequence[int]) -> str | None:
 
 def parse_reactions(text: str) -> tuple[Reaction, ...]:
     return tuple(Reaction(emoji, tuple(user_ids)) for emoji, user_ids in orjson.loads(text))
+
+
+def parse_attachments(text: str) -> tuple[FileRef, ...]:
+    return tuple(FileRef(*item) for item in orjson.loads(text))
+
+
+def format_attachments(files: Sequence[FileRef]) -> str | None:
+    if not files:
+        return None
+    return orjson.dumps([(file.id, file.name, file.size, file.content_type) for file in files]).decode()
 
 
 def unread_count(conn: sqlite3.Connection, room_id: int, user_id: int, marker: int) -> int:
@@ -90,11 +101,15 @@ def load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> Sn
         where = f"WHERE id IN ({','.join('?' * len(room_ids))})"
         params = room_ids
     rooms: dict[int, RoomRecord] = {}
-    for room_id, name, room_type, created_ms, pruned_through, owner_id in conn.execute(
-        f"SELECT id, name, room_type, created_ms, pruned_through, owner_id FROM rooms {where}", params
+    for room_id, name, room_type, created_ms, pruned_through, owner_id, direct in conn.execute(
+        f"SELECT id, name, room_type, created_ms, pruned_through, owner_id, direct_key FROM rooms {where}", params
     ):
+        pair: tuple[int, int] | None = None
+        if direct:
+            low, high = direct.split(":")
+            pair = (int(low), int(high))
         rooms[room_id] = RoomRecord(room_id, name, room_type, created_ms, pruned_through=pruned_through,
-                                    owner_id=owner_id)
+                                    owner_id=owner_id, direct_pair=pair)
     user_ids: set[int] = set()
     for room_id, user_id, marker in conn.execute(
         f"SELECT room_id, user_id, last_read_id FROM participants "
@@ -122,8 +137,72 @@ def load_rooms(conn: sqlite3.Connection, room_ids: tuple[int, ...] | None) -> Sn
                 chunk,
             ):
                 users[user_id] = (username, first_name)
+    for room in rooms.values():
+        for user_id in room.direct_pair or ():
+            if user_id not in users:  # (the other one of a direct room left: its name is still theirs)
+                users[user_id] = user_names(conn, user_id)
     log_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM membership_log").fetchone()[0]
-    return Snapshot(rooms, users, log_id)
+    last_seen: dict[int, int] = {}
+    if room_ids is None:
+        last_seen = dict(conn.execute("SELECT id, last_seen_ms FROM users WHERE last_seen_ms IS NOT NULL"))
+    return Snapshot(rooms, users, log_id, last_seen)
+
+
+def user_names(conn: sqlite3.Connection, user_id: int) -> tuple[str, str]:
+    """(username, first_name) as last seen in a token, or the placeholder name."""
+    row = conn.execute("SELECT username, first_name FROM users WHERE id = ?", (user_id,)).fetchone()
+    return (str(row[0]), str(row[1])) if row else (f"user{user_id}", "")
+
+
+def find_users(conn: sqlite3.Connection, query: str, limit: int) -> list[UserInfo]:
+    """Users whose username or first name starts with ``query`` (any case), by username."""
+    if not query:
+        rows = conn.execute("SELECT id, username, first_name FROM users ORDER BY username COLLATE NOCASE, id "
+                            "LIMIT ?", (limit,))
+    else:
+        pattern = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = conn.execute(
+            "SELECT id, username, first_name FROM users WHERE username LIKE ?1 ESCAPE '\\' "
+            "OR first_name LIKE ?1 ESCAPE '\\' ORDER BY username COLLATE NOCASE, id LIMIT ?2",
+            (pattern, limit),
+        )
+    return [UserInfo(*row) for row in rows]
+
+
+def users_by_id(conn: sqlite3.Connection, user_ids: Sequence[int]) -> list[UserInfo]:
+    found: list[UserInfo] = []
+    for start in range(0, len(user_ids), 500):
+        chunk = user_ids[start : start + 500]
+        found.extend(UserInfo(*row) for row in conn.execute(
+            f"SELECT id, username, first_name FROM users WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+            chunk))
+    return found
+
+
+def stored_file(conn: sqlite3.Connection, file_id: int) -> StoredFile | None:
+    row = conn.execute("SELECT id, name, size, content_type, uploader_id, storage_key FROM files WHERE id = ?",
+                       (file_id,)).fetchone()
+    if row is None:
+        return None
+    rooms = tuple(room_id for (room_id,) in conn.execute(
+        "SELECT DISTINCT room_id FROM file_posts WHERE file_id = ?", (file_id,)))
+    return StoredFile(FileRef(*row[:4]), int(row[4]), str(row[5]), rooms)
+
+
+def files_of(conn: sqlite3.Connection, uploader_id: int, file_ids: Sequence[int]) -> list[FileRef]:
+    """Those of ``file_ids`` that ``uploader_id`` uploaded, in the order given."""
+    marks = ",".join("?" * len(file_ids))
+    found = {row[0]: FileRef(*row) for row in conn.execute(
+        f"SELECT id, name, size, content_type FROM files WHERE uploader_id = ? AND id IN ({marks})",
+        (uploader_id, *file_ids))}
+    return [found[file_id] for file_id in file_ids if file_id in found]
+
+
+def uploads_since(conn: sqlite3.Connection, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
+    """(created_ms, size) of the user's files stored since ``since_ms``, oldest first."""
+    return [(int(created), int(size)) for created, size in conn.execute(
+        "SELECT created_ms, size FROM files WHERE uploader_id = ? AND created_ms >= ? ORDER BY created_ms",
+        (uploader_id, since_ms))]
 
 
 def history(

@@ -162,6 +162,40 @@ MIGRATIONS: tuple[Migration, ...] = (
         END;
         """,
     ),
+    # 4: protocol v1.1's people, rooms and files: presence's last_seen, one direct room
+    # per pair, files and the messages that show them.
+    """
+    ALTER TABLE users ADD COLUMN last_seen_ms INTEGER;
+    CREATE INDEX users_by_username ON users(username COLLATE NOCASE);
+    CREATE INDEX users_by_first_name ON users(first_name COLLATE NOCASE);
+    -- "<smaller user id>:<larger>": the unique index is what makes create_direct give
+    -- one room per pair, whoever asks first.
+    ALTER TABLE rooms ADD COLUMN direct_key TEXT;
+    CREATE UNIQUE INDEX rooms_direct ON rooms(direct_key) WHERE direct_key IS NOT NULL;
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        uploader_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        storage_key TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL
+    );
+    -- The daily upload quota sums a user's files of the last 24 hours.
+    CREATE INDEX files_by_uploader ON files(uploader_id, created_ms);
+    -- Where a file was posted: who may download it.  A deleted or pruned message takes
+    -- its rows along.
+    CREATE TABLE file_posts (
+        file_id INTEGER NOT NULL REFERENCES files(id),
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        room_id INTEGER NOT NULL,
+        PRIMARY KEY (file_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX file_posts_by_message ON file_posts(message_id);
+    -- The message's file objects as JSON ([[id, name, size, content_type], ...]), read
+    -- with the row like its reactions.
+    ALTER TABLE messages ADD COLUMN attachments TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

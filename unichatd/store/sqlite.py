@@ -22,20 +22,38 @@ import structlog
 
 from ..errors import StoreError
 from ..metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from ..models import Change, MembershipChange, Message, NewMessage, ReadResult, Refusal, Snapshot, Stored
+from ..models import (
+    Change,
+    FileRef,
+    MembershipChange,
+    Message,
+    NewMessage,
+    ReadResult,
+    Refusal,
+    RoomChanged,
+    Snapshot,
+    Stored,
+    StoredFile,
+    UserInfo,
+)
 from ..protocol.search import SearchTerm
 from . import fulltext, queries
 from .operations import (
     AppendMessage,
     Barrier,
+    ChangeRoom,
+    CreateRoom,
     DeleteMessage,
     EditMessage,
     IndexMessages,
     LoadRooms,
     MarkRead,
+    OpenDirect,
     Operation,
     Prune,
     React,
+    SetLastSeen,
+    StoreFile,
     UpsertUser,
     index_messages,
 )
@@ -221,6 +239,24 @@ class SqliteStore:
         """
         return self._submit(Prune(room_id, before_ms, limit))
 
+    def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
+        return self._submit(SetLastSeen(tuple(seen)))
+
+    def create_room(self, name: str, room_type: str, owner_id: int,
+                    member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]:
+        return self._submit(CreateRoom(name, room_type, owner_id, tuple(member_ids)))
+
+    def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
+        return self._submit(OpenDirect(user_id, other_id))
+
+    def change_room(self, room_id: int, user_id: int, change: str, *, user_ids: Sequence[int] = (),
+                    name: str = "") -> asyncio.Future[RoomChanged | Refusal]:
+        return self._submit(ChangeRoom(room_id, user_id, change, tuple(user_ids), name))
+
+    def store_file(self, uploader_id: int, name: str, size: int, content_type: str,
+                   storage_key: str) -> asyncio.Future[FileRef]:
+        return self._submit(StoreFile(uploader_id, name, size, content_type, storage_key))
+
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]:
         """Rooms with participants, markers, unread counts and last messages (all if None),
         in the writer's sequence: exact as of the commits resolved before it."""
@@ -265,6 +301,21 @@ class SqliteStore:
             pass
         expression = fulltext.expression(terms, room_ids, other_rooms)
         return await self._searcher.call(lambda conn: queries.search(conn, expression, before_id, limit))
+
+    async def find_users(self, query: str, limit: int) -> list[UserInfo]:
+        return await self._reader.call(lambda conn: queries.find_users(conn, query, limit))
+
+    async def users_by_id(self, user_ids: Sequence[int]) -> list[UserInfo]:
+        return await self._reader.call(lambda conn: queries.users_by_id(conn, user_ids))
+
+    async def stored_file(self, file_id: int) -> StoredFile | None:
+        return await self._reader.call(lambda conn: queries.stored_file(conn, file_id))
+
+    async def files_of(self, uploader_id: int, file_ids: Sequence[int]) -> list[FileRef]:
+        return await self._reader.call(lambda conn: queries.files_of(conn, uploader_id, file_ids))
+
+    async def uploads_since(self, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
+        return await self._reader.call(lambda conn: queries.uploads_since(conn, uploader_id, since_ms))
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""

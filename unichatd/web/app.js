@@ -6,9 +6,12 @@
 import { Connection } from "./connection.js";
 import { batched, byId } from "./dom.js";
 import { ChatState, MAX_PAGE, PAGE, WINDOW } from "./state.js";
+import { Uploads } from "./uploads.js";
+import { AttachmentTray } from "./views/attachments.js";
 import { ComposerView } from "./views/composer.js";
 import { MentionPicker } from "./views/mentions.js";
 import { MessagesView } from "./views/messages.js";
+import { MembersPanel, NewRoomDialog } from "./views/people.js";
 import { RoomListView } from "./views/rooms.js";
 import { SearchView } from "./views/search.js";
 import { SignInView } from "./views/signin.js";
@@ -39,6 +42,32 @@ const composer = new ComposerView(Number(meta("unichat-max-content-chars")) || 4
   onTyping: () => state.current !== null && connection.send({ type: "typing", room_id: state.current }),
   onStopTyping: () => state.current !== null && connection.send({ type: "stop_typing", room_id: state.current }),
   onEscape: () => (PHONE.matches ? back() : roomList.focusRoom(state.current)),
+  hasAttachments: () => tray.ready().length > 0,
+});
+const uploads = new Uploads(connection, {
+  onChange: (item) => { if (!item.discarded) tray.show(item); },
+});
+const tray = new AttachmentTray({
+  onFiles: (files) => { for (const file of files) uploads.add(file); },
+  onRemove: (item) => uploads.cancel(item),
+});
+const newRoom = new NewRoomDialog({
+  onSearch: (query) => connection.request({ type: "get_users", query, limit: 50 }, "users:dialog"),
+  onCreate: (name, memberIds) => {
+    if (connection.request({ type: "create_room", name, member_ids: memberIds }, "create") === null) {
+      newRoom.failed("Offline: try again once connected.");
+    }
+  },
+  onMessage: (userId) => openDirect(userId),
+});
+const members = new MembersPanel({
+  onMessage: (userId) => openDirect(userId),
+  onRemove: (roomId, userId) => connection.request({ type: "remove_members", room_id: roomId, user_ids: [userId] }, "members"),
+  onAdd: (roomId, userId) => connection.request({ type: "add_members", room_id: roomId, user_ids: [userId] }, "members"),
+  onRename: (roomId, name) => connection.request({ type: "rename_room", room_id: roomId, name }, "rename"),
+  onLeave: (roomId) => connection.request({ type: "leave_room", room_id: roomId }, "leave"),
+  onSearch: (query) => connection.request({ type: "get_users", query, limit: 20 }, "users:members"),
+  onToggle: () => {},
 });
 // What a message's own buttons do, in the list and in the thread panel alike.
 const messageActions = {
@@ -66,7 +95,7 @@ const messages = new MessagesView(state, {
 });
 const thread = new ThreadView(state, {
   ...messageActions,
-  onSend: sendMessage,
+  onSend: (content, replyTo) => sendMessage(content, replyTo, true),
   onClose: closeThread,
 });
 const search = new SearchView(state, {
@@ -144,14 +173,27 @@ function handle(frame, kind) {
     case "typing": return onTyping(frame);
     case "message_read": return onRead(frame);
     case "unsubscribed":
-      if (frame.reason === "removed_from_room") removeRoom(frame.room_id);
+      if (frame.reason === "removed_from_room" || frame.reason === "left_room") removeRoom(frame.room_id);
       return;
+    case "presence": return onPresence(frame);
+    case "room_created": return onRoomCreated(frame.room, kind);
+    case "members_updated": return onMembers(frame.room_id, frame.participants);
+    case "users":
+      if (kind === "users:dialog") newRoom.showUsers(frame.users);
+      else if (kind === "users:members") members.showUsers(frame.users);
+      return;
+    case "upload_ready":
+    case "file_stored":
+      return uploads.handle(frame);
     case "error": return onError(frame, kind);
   }
 }
 
 function onEstablished(frame) {
   state.me = { id: frame.user_id, username: frame.username };
+  newRoom.me = members.me = roomList.me = state.me;
+  uploads.reset();
+  uploads.next();
   // Pages asked for on the old connection will never be answered.
   for (const timeline of state.timelines.values()) timeline.loading = null;
   byId("me").textContent = frame.username;
@@ -185,9 +227,52 @@ function onRoomUpdated(roomId, updates) {
   const room = state.rooms.get(roomId);
   if (!room) { connection.request({ type: "get_room_list" }, "rooms"); return; }  // a room we were just added to
   Object.assign(room, updates);
+  if (updates.participants) state.setRooms([...state.rooms.values()]);  // (their names)
   if (updates.name !== undefined && roomId === state.current) byId("room-title").textContent = room.name;
+  if (roomId === state.current) members.render(room);
   if (roomId === state.current && room.unread_count > 0 && isReading()) markRead();
   renderRooms();
+}
+
+// Someone's presence changed: every room that lists them shows it.
+function onPresence(frame) {
+  let touched = false;
+  for (const room of state.rooms.values()) {
+    for (const person of room.participants) {
+      if (person.id === frame.user_id) {
+        person.online = frame.online;
+        person.last_seen = frame.last_seen;
+        touched = true;
+      }
+    }
+  }
+  if (!touched) return;
+  const current = state.rooms.get(state.current);
+  if (current) members.render(current);
+  renderRooms();
+}
+
+function onRoomCreated(room, kind) {
+  state.rooms.set(room.id, room);
+  state.setRooms([...state.rooms.values()]);
+  renderRoomsNow();
+  if (kind === "create" || kind === "direct") {
+    newRoom.close();
+    openRoom(room.id);
+  }
+}
+
+function onMembers(roomId, participants) {
+  const room = state.rooms.get(roomId);
+  if (!room) return;
+  room.participants = participants;
+  if (roomId === state.current) members.render(room);
+}
+
+function openDirect(userId) {
+  if (connection.request({ type: "create_direct", user_id: userId }, "direct") === null) {
+    notice("Offline: try again once connected.");
+  }
 }
 
 function onHistory(frame, kind) {
@@ -287,6 +372,8 @@ function onThread(frame) {
 const FAILED_ACTION = {
   edit: "Could not edit the message", delete: "Could not delete the message",
   react: "Could not react to the message", thread: "Could not open the thread",
+  direct: "Could not open the conversation", members: "Could not change the members",
+  rename: "Could not rename the room", leave: "Could not leave the room",
 };
 let noticeTimer = null;
 function notice(text) {
@@ -305,6 +392,9 @@ function patch(roomId, messageId, change) {
 
 function onError(frame, kind) {
   if (kind === "search") { search.failed(frame.message); return; }
+  if (kind === "upload") { uploads.handle(frame); return; }
+  if (kind === "create" || kind === "users:dialog") { newRoom.failed(frame.message); return; }
+  if (kind === "direct" && newRoom.dialog.open) { newRoom.failed(frame.message); return; }
   if (kind in FAILED_ACTION) { notice(`${FAILED_ACTION[kind]}: ${frame.message}`); return; }
   if (kind && kind.startsWith("send:")) {
     const clientMsgId = kind.slice(5);
@@ -479,6 +569,7 @@ function openRoom(roomId) {
     timeline.unreadUpTo = null;
   }
   messages.show(roomId);
+  members.render(room ?? null);
   renderRooms();
   renderTyping(roomId === null ? [] : state.typers(roomId));
   if (roomId !== null && previous !== roomId) {
@@ -545,10 +636,14 @@ function newClientMsgId() {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function sendMessage(content, replyTo) {
+function sendMessage(content, replyTo, fromThread = false) {
   if (state.current === null) return false;
+  // Files go with the message from the room's composer (the thread has no tray).
+  const attachments = fromThread ? [] : tray.ready();
+  if (!fromThread && tray.busy()) { notice("Wait until the files are uploaded."); return false; }
   const clientMsgId = newClientMsgId();
-  const item = { roomId: state.current, content, replyTo, status: "sending" };
+  const item = { roomId: state.current, content, replyTo, status: "sending", attachments };
+  if (!fromThread) tray.clear();
   state.pending.set(clientMsgId, item);
   transmit(clientMsgId, item);
   connection.send({ type: "stop_typing", room_id: state.current });
@@ -562,6 +657,7 @@ function transmit(clientMsgId, item) {
   item.status = "sending";
   const frame = { type: "send_message", room_id: item.roomId, content: item.content, client_msg_id: clientMsgId };
   if (item.replyTo) frame.reply_to = item.replyTo;
+  if (item.attachments?.length) frame.attachments = item.attachments.map((file) => file.id);
   connection.request(frame, `send:${clientMsgId}`);
 }
 

@@ -49,6 +49,18 @@ export class Connection {
     return true;
   }
 
+  // An upload's bytes (protocol §6.3); false when offline.
+  sendBytes(data) {
+    if (!this.online) return false;
+    this.ws.send(data);
+    return true;
+  }
+
+  // Bytes handed to send() and not yet on the wire: uploads pace themselves with it.
+  get buffered() {
+    return this.ws ? this.ws.bufferedAmount : 0;
+  }
+
   // The request's id, or null when there is no connection to send it on.
   request(frame, kind) {
     if (!this.online) return null;

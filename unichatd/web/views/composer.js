@@ -9,8 +9,8 @@ const COUNTER_FROM = 0.9;  // show the counter past this share of the limit
 
 export class ComposerView {
   // onSend(content, replyTo), onEdit(message, content), onTyping(), onStopTyping(),
-  // onEscape() (nothing to cancel).
-  constructor(maxChars, { onSend, onEdit, onTyping, onStopTyping, onEscape }) {
+  // onEscape() (nothing to cancel), hasAttachments() (files may go without text).
+  constructor(maxChars, { onSend, onEdit, onTyping, onStopTyping, onEscape, hasAttachments = () => false }) {
     this.maxChars = maxChars;
     this.form = byId("composer");
     this.input = byId("input");
@@ -23,6 +23,7 @@ export class ComposerView {
     this.lastTypingSent = 0;
     this.onSend = onSend;
     this.onEdit = onEdit;
+    this.hasAttachments = hasAttachments;
     this.form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
     byId("reply-cancel").addEventListener("click", () => { this.cancel(); this.input.focus(); });
     this.input.addEventListener("keydown", (event) => {
@@ -85,8 +86,8 @@ export class ComposerView {
 
   submit() {
     const content = this.input.value;
-    if (!content.trim() || this.length() > this.maxChars) return;
     const editing = this.editing;
+    if ((!content.trim() && (editing !== null || !this.hasAttachments())) || this.length() > this.maxChars) return;
     const sent = editing !== null ? this.onEdit(editing, content) : this.onSend(content, this.replyTo);
     if (sent === false) return;
     this.input.value = editing !== null ? this.draft : "";

@@ -4,6 +4,7 @@
 // for the next page, and the reading position stays put while pages come and go.
 
 import { batched, byId, el, formatTime, fullTime, keepingFocus } from "../dom.js";
+import { attachmentsNode } from "./attachments.js";
 
 const NEAR_PX = 300;    // this close to an end of the list, the next page is asked for
 const PINNED_PX = 40;   // this close to the bottom, new messages keep the view at the bottom
@@ -184,7 +185,9 @@ export class MessagesView {
     const text = el("p", "text", item.content);
     text.dir = "auto";
     const status = el("span", "status", failed ? `not sent: ${item.error || ""} ` : "");
-    node.append(text, status);
+    if (item.content || !item.attachments?.length) node.append(text);
+    if (item.attachments?.length) node.append(attachmentsNode(item));
+    node.append(status);
     if (failed) {
       const retry = el("button", "link action", "retry");
       retry.type = "button";
@@ -298,9 +301,9 @@ export class MessagesView {
   // to the composer in a step or two, not one per message.
   activate(node) {
     if (node === this.active) return;
-    for (const button of this.active?.querySelectorAll("button") ?? []) button.tabIndex = -1;
+    for (const control of this.active?.querySelectorAll("button, a[data-control]") ?? []) control.tabIndex = -1;
     this.active = node;
-    for (const button of node?.querySelectorAll("button") ?? []) button.tabIndex = 0;
+    for (const control of node?.querySelectorAll("button, a[data-control]") ?? []) control.tabIndex = 0;
   }
 
   onKey(event) {
@@ -362,11 +365,12 @@ export function messageNode(message, state, handlers, quoteNode, { inThread = fa
   if (message.reply_to && !inThread) node.append(quoteNode(message.reply_to));
   if (message.deleted) {
     node.append(el("p", "text gone", "message deleted"));
-  } else {
+  } else if (message.content || !message.attachments?.length) {
     const text = el("p", "text", message.content);
     text.dir = "auto";
     node.append(text);
   }
+  if (!message.deleted && message.attachments?.length) node.append(attachmentsNode(message));
   if (message.reactions?.length) node.append(reactionsNode(message, state, handlers));
   if (message.reply_count > 0 && !inThread) {
     const count = message.reply_count;

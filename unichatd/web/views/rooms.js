@@ -8,6 +8,7 @@ export class RoomListView {
     this.list = byId("room-list");
     this.items = new Map();  // room id -> {item, button, name, time, preview, badge}
     this.onOpen = onOpen;
+    this.me = null;
     this.list.addEventListener("keydown", (event) => this.onKey(event));
   }
 
@@ -39,13 +40,15 @@ export class RoomListView {
     const preview = el("span", "room-preview");
     const badge = el("span", "badge");
     const mention = el("span", "mention-badge", "@");
+    const dot = el("span", "dot");
+    dot.setAttribute("aria-hidden", "true");
     name.dir = preview.dir = "auto";
     badge.setAttribute("aria-hidden", "true");
     mention.setAttribute("aria-hidden", "true");
     button.append(name, time, preview);
     button.addEventListener("click", () => this.onOpen(roomId));
     item.append(button);
-    const parts = { item, button, name, time, preview, badge, mention };
+    const parts = { item, button, name, time, preview, badge, mention, dot };
     this.items.set(roomId, parts);
     return parts;
   }
@@ -54,6 +57,14 @@ export class RoomListView {
     const unread = room.id === currentId ? 0 : room.unread_count || 0;
     const preview = room.last_message_content || "No messages yet";
     if (parts.name.textContent !== room.name) parts.name.textContent = room.name;
+    // A direct room shows whether the other one is online.
+    const other = room.room_type === "direct" ? room.participants.find((person) => person.id !== this.me?.id) : null;
+    if (other) {
+      parts.dot.className = other.online ? "dot online" : "dot";
+      if (!parts.dot.isConnected) parts.name.prepend(parts.dot);
+    } else {
+      parts.dot.remove();
+    }
     const time = formatTime(room.last_message_time);
     if (parts.time.textContent !== time) parts.time.textContent = time;
     if (parts.preview.textContent !== preview) parts.preview.textContent = preview;
@@ -72,6 +83,7 @@ export class RoomListView {
     }
     // The button's name: the room, then what the badges show (a bare number says nothing).
     let label = unread ? `${room.name}, ${unread} unread` : room.name;
+    if (other) label += other.online ? ", online" : ", offline";
     if (mentions) label += `, ${mentions} mention${mentions === 1 ? "" : "s"} of you`;
     parts.button.setAttribute("aria-label", label);
     if (room.id === currentId) parts.button.setAttribute("aria-current", "true");

@@ -1,0 +1,168 @@
+"""Presence: who is online, when each user was last seen, and telling those who share a
+room with them (protocol.md §6.2).
+
+A user is online while a connection of theirs is open.  Going offline waits GRACE
+seconds first, so a page reload (close, then connect again at once) tells nobody
+anything; while the grace runs the user still counts as online.
+
+Who hears it: those who share a room of at most ``max_members`` participants with the
+user (``[rooms] presence_max_members``), or a direct room.  In a room of a thousand,
+everyone telling everyone of every arrival is a million frames a morning; there, as in
+Discord's large guilds, a client reads presence from the room's participants and
+``get_presence`` instead.
+
+What it costs stays flat: a change is encoded once, whatever the number of people it
+goes to, and changes wait in an outbox that is sent DELIVERY_BUDGET deliveries per turn
+of the event loop, so a crowd coming online at once (a morning, a reconnect storm) never
+holds up the messages of others for long; a user whose state flips back before their
+turn tells nobody anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import structlog
+
+from . import protocol
+from .clock import Clock, Timer
+from .errors import StoreError
+from .interfaces import Broker, MessageStore
+from .protocol import now_ms
+from .rooms import RoomDirectory
+
+log = structlog.get_logger("unichatd.presence")
+
+GRACE = 5.0
+"""Seconds offline before others are told."""
+DELIVERY_BUDGET = 2000
+"""Presence deliveries per turn of the event loop (a few milliseconds at most)."""
+
+
+class Presence:
+    def __init__(self, directory: RoomDirectory, broker: Broker[Any], store: MessageStore, clock: Clock,
+                 max_members: int) -> None:
+        self.max_members = max_members
+        """Rooms larger than this carry no presence changes (see the module's docstring)."""
+        self._directory = directory
+        self._broker = broker
+        self._store = store
+        self._clock = clock
+        self._last_seen: dict[int, int] = {}
+        """user id → when their last connection closed (ms), for users seen offline."""
+        self._leaving: dict[int, tuple[Timer, int]] = {}
+        """Users whose last connection closed less than GRACE ago: (timer, when it closed)."""
+        self._told_online: set[int] = set()
+        """Users their contacts were last told are online."""
+        self._outbox: dict[int, None] = {}
+        """Users whose contacts are owed their state, in order."""
+        self._draining: Timer | None = None
+
+    def load(self, last_seen: dict[int, int]) -> None:
+        self._last_seen.update(last_seen)
+
+    def is_online(self, user_id: int) -> bool:
+        return user_id in self._leaving or self._broker.is_online(user_id)
+
+    def last_seen(self, user_id: int) -> int | None:
+        """When their last connection closed; None while online or when never seen."""
+        return None if self.is_online(user_id) else self._last_seen.get(user_id)
+
+    def state(self, user_id: int) -> tuple[bool, str | None]:
+        """(online, last_seen as the wire writes it)."""
+        if self.is_online(user_id):
+            return True, None
+        seen = self._last_seen.get(user_id)
+        return False, None if seen is None else protocol.format_timestamp(seen)
+
+    def connected(self, user_id: int) -> None:
+        """A connection of the user opened (after the broker knows it)."""
+        leaving = self._leaving.pop(user_id, None)
+        if leaving is not None:
+            leaving[0].cancel()  # back within the grace: nobody was told they left
+            return
+        if len(self._broker.connections_of(user_id)) == 1:
+            self._owe(user_id)
+
+    def disconnected(self, user_id: int) -> None:
+        """A connection of the user closed (after the broker forgot it)."""
+        if self._broker.is_online(user_id) or user_id in self._leaving:
+            return
+        closed_ms = now_ms()
+        self._leaving[user_id] = (self._clock.call_later(GRACE, self._gone, user_id), closed_ms)
+
+    def _gone(self, user_id: int) -> None:
+        leaving = self._leaving.pop(user_id, None)
+        if leaving is None or self._broker.is_online(user_id):
+            return
+        closed_ms = leaving[1]
+        self._last_seen[user_id] = closed_ms
+        self._store.set_last_seen([(user_id, closed_ms)]).add_done_callback(_logged)
+        self._owe(user_id)
+
+    def _owe(self, user_id: int) -> None:
+        self._outbox[user_id] = None
+        if self._draining is None:
+            self._draining = self._clock.call_later(0, self._drain)
+
+    def _drain(self) -> None:
+        """Tell contacts of the changes owed, DELIVERY_BUDGET deliveries at a time."""
+        self._draining = None
+        budget = DELIVERY_BUDGET
+        outbox = self._outbox
+        while outbox and budget > 0:
+            user_id = next(iter(outbox))
+            del outbox[user_id]
+            online = self.is_online(user_id)
+            if online == (user_id in self._told_online):
+                continue  # back where their contacts last saw them
+            if online:
+                self._told_online.add(user_id)
+            else:
+                self._told_online.discard(user_id)
+            budget -= self._announce(user_id, online, None if online else self._last_seen.get(user_id))
+        if outbox:
+            self._draining = self._clock.call_later(0, self._drain)
+
+    def _announce(self, user_id: int, online: bool, last_seen_ms: int | None) -> int:
+        """Send one change to every connection of every contact; returns how many got it."""
+        contacts = self.contacts(user_id)
+        if not contacts:
+            return 1
+        frame = protocol.presence_frame(user_id, online, last_seen_ms)
+        publish = self._broker.publish_to_user
+        return sum(publish(contact, frame) for contact in contacts) + 1
+
+    def contacts(self, user_id: int) -> set[int]:
+        """The connected users who share a room with ``user_id`` that carries presence."""
+        directory, broker, limit = self._directory, self._broker, self.max_members
+        contacts: set[int] = set()
+        for room_id in directory.rooms_of(user_id):
+            room = directory.rooms[room_id]
+            if len(room.markers) <= limit or room.direct_pair is not None:
+                contacts.update(other for other in room.markers if broker.is_online(other))
+        contacts.discard(user_id)
+        return contacts
+
+    async def stop(self) -> None:
+        """Shutdown: everyone online or leaving was last seen now (after a restart nobody is
+        online until they connect again)."""
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
+        self._outbox.clear()
+        now = now_ms()
+        seen = [(user_id, closed) for user_id, (timer, closed) in self._leaving.items()]
+        for timer, _ in self._leaving.values():
+            timer.cancel()
+        self._leaving.clear()
+        seen.extend((user_id, now) for user_id in {conn.user_id for conn in self._broker.sessions()})
+        if seen:
+            with contextlib.suppress(StoreError):
+                await self._store.set_last_seen(seen)
+
+
+def _logged(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("presence.last_seen_not_stored", error=str(future.exception()))
