@@ -373,3 +373,67 @@ async def test_presence_skips_rooms_past_the_size_limit(tmp_path: Path) -> None:
         assert direct
     finally:
         await running.close()
+
+
+async def test_an_owner_who_leaves_leaves_no_owner(chat: RunningServer) -> None:
+    room, alice, bob, _ = await owned_room(chat)
+    await answer(alice, {"type": "leave_room", "room_id": room})
+    listed = await bob.request({"type": "get_room_list"}, "room_list")
+    assert listed["rooms"][0]["owner_id"] is None
+    with contextlib.closing(sqlite3.connect(chat.config.database_path)) as conn:
+        assert conn.execute("SELECT owner_id FROM rooms WHERE id = ?", (room,)).fetchone()[0] is None
+
+
+async def test_a_non_owner_is_forbidden_before_anything_else(chat: RunningServer) -> None:
+    room, _, bob, _ = await owned_room(chat)
+    refusal = await error_of(bob, {"type": "add_members", "room_id": room, "user_ids": [404]})
+    assert refusal["code"] == "forbidden"
+
+
+async def test_get_users_takes_underscores_and_backslashes_literally(chat: RunningServer) -> None:
+    for user_id, name in ((1, "a_b"), (2, "axb"), (3, "a\\c"), (4, "abc")):
+        await chat.connect(user_id, name)
+    client = chat.clients[0]
+    assert [u["username"] for u in (await answer(client, {"type": "get_users", "query": "a_"}))["users"]] == ["a_b"]
+    assert [u["username"] for u in (await answer(client, {"type": "get_users", "query": "a\\"}))["users"]] == ["a\\c"]
+
+
+async def test_two_leaves_on_two_connections_each_get_one_reply(chat: RunningServer) -> None:
+    room, _, bob, _ = await owned_room(chat)
+    other = await chat.connect(2, "bob")
+    replies = await asyncio.gather(answer(bob, {"type": "leave_room", "room_id": room}),
+                                   answer(other, {"type": "leave_room", "room_id": room}))
+    assert sorted(reply["type"] for reply in replies) == ["error", "unsubscribed"]
+    for client in (bob, other):
+        await client.no_frame(0.3, ignore=("room_updated", "presence", "unsubscribed"))
+
+
+async def test_a_v3_direct_room_is_found_by_create_direct(tmp_path: Path) -> None:
+    """A direct room the CLI made before v1.1 is the pair's room after the upgrade."""
+    from unichatd.store.schema import MIGRATIONS, configure, statements
+
+    path = tmp_path / "chat.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    configure(conn)
+    for migration in MIGRATIONS[:3]:
+        for step in migration if isinstance(migration, tuple) else (migration,):
+            if isinstance(step, str):
+                for statement in statements(step):
+                    conn.execute(statement)
+            else:
+                step(conn)
+    conn.execute("PRAGMA user_version=3")
+    conn.execute("INSERT INTO users(id, username, first_name, updated_ms) "
+                 "VALUES (1, 'alice', '', 0), (2, 'bob', '', 0)")
+    conn.execute("INSERT INTO rooms(id, name, room_type, created_ms) VALUES (5, 'dm', 'direct', 0), "
+                 "(6, 'dm again', 'direct', 0)")
+    conn.execute("INSERT INTO participants VALUES (5, 1, 0, 0), (5, 2, 0, 0), (6, 1, 0, 0), (6, 2, 0, 0)")
+    conn.close()
+    running = RunningServer(make_config(tmp_path), name_format="{}")
+    try:
+        alice = await running.connect(1, "alice")
+        reply = await answer(alice, {"type": "create_direct", "user_id": 2})
+        assert reply["room"]["id"] == 5
+        assert reply["room"]["name"] == "bob"
+    finally:
+        await running.close()

@@ -245,7 +245,7 @@ async def test_a_new_message_is_announced_alone(browser: Any, chat_server: Runni
     live = await page.locator("[aria-live], [role=log], [role=status], [role=alert]").evaluate_all(
         "nodes => nodes.map((n) => n.id)")
     assert live == ["signin-message", "conn-state", "search-summary", "room-conn", "messages", "typing",
-                    "room-notice", "counter", "new-room-error"]
+                    "room-notice", "attachment-tray", "counter", "new-room-error"]
     # One connection state is rendered at a time (the room's own copy on a phone only).
     assert await page.locator("#room-conn").is_hidden()
     # What is rendered (innerText): a message's actions are hidden until it is hovered or

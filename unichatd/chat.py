@@ -80,8 +80,8 @@ class Chat:
         self.retention = Retention(store, self.directory, config.storage, self.updates.room_changed)
         self._send_buckets: dict[int, TokenBucket] = {}
         self._typing: dict[tuple[int, int], Timer] = {}
-        self._leaving: dict[tuple[int, int], Connection] = {}
-        """(room, user) → the connection whose leave_room is under way: its reply tells it."""
+        self._leaving: dict[tuple[int, int], set[Connection]] = {}
+        """(room, user) → the connections whose leave_room is under way: their replies tell them."""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -186,9 +186,11 @@ class Chat:
                 continue
             # Every connection of a removed user hears it, subscribed or not, so each room
             # list can drop the room; the one that asked to leave gets its reply instead.
-            reason = LEFT_ROOM if change.change == "leave" else REMOVED_FROM_ROOM
-            self.broker.publish_to_user(user_id, protocol.unsubscribed_frame(room_id, None, reason),
-                                        leaving_room=room_id, exclude=self._leaving.get((room_id, user_id)))
+            leaving = change.change == "leave"
+            frame = protocol.unsubscribed_frame(room_id, None, LEFT_ROOM if leaving else REMOVED_FROM_ROOM)
+            # Connections that asked to leave are told by their reply instead.
+            asked = self._leaving.get((room_id, user_id), ()) if leaving else ()
+            self.broker.publish_to_user(user_id, frame, leaving_room=room_id, exclude=asked)
             if (room_id, user_id) in self._typing:
                 self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
         for room_id in relisted:
@@ -353,6 +355,11 @@ class Chat:
     async def change_members(self, connection: Connection, request: protocol.ChangeMembers) -> bytes:
         room_id = request.room_id
         await self.ensure_access(room_id, connection.user_id)
+        room = self.directory.rooms[room_id]
+        if room.direct_pair is not None or room.owner_id != connection.user_id:
+            # (checked again in the change's transaction; first, so a refusal names the right cause)
+            raise ClientError(ErrorCode.FORBIDDEN, "a direct room's members do not change" if room.direct_pair
+                              else "only the room's owner may change its members", room_id=room_id)
         if request.add:
             await self._check_users_exist(request.user_ids)
         outcome = await self.store.change_room(room_id, connection.user_id, "add" if request.add else "remove",
@@ -372,12 +379,14 @@ class Chat:
         room_id, user_id = request.room_id, connection.user_id
         await self.ensure_access(room_id, user_id)
         key = (room_id, user_id)
-        self._leaving[key] = connection
+        self._leaving.setdefault(key, set()).add(connection)
         try:
             outcome = await self.store.change_room(room_id, user_id, "leave")
             await self.membership.catch_up(self._room_accepted(outcome, room_id, "leave it").log_id)
         finally:
-            if self._leaving.get(key) is connection:
+            asking = self._leaving[key]
+            asking.discard(connection)
+            if not asking:
                 del self._leaving[key]
         return protocol.unsubscribed_frame(room_id, request.request_id, LEFT_ROOM)
 

@@ -137,9 +137,10 @@ class Endpoints:
         except AuthError:
             return routes.not_found(head)
         chat = self._chat
-        found = await chat.files.readable(int(file_id), identity.user_id,
-                                          lambda room_id: chat.directory.is_participant(room_id, identity.user_id))
-        if found is None or unquote(name) != found[0].file.name:
+        found = await chat.files.readable(int(file_id), unquote(name), identity.user_id,
+                                          lambda room_id: chat.directory.is_participant(room_id, identity.user_id),
+                                          read=not head)
+        if found is None:
             return routes.not_found(head)
         stored, data = found
         return routes.file_download(stored.file, data, head=head)

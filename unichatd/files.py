@@ -74,20 +74,33 @@ class FileStore:
         if size > limits.max_file_bytes:
             raise ClientError(ErrorCode.INVALID_MESSAGE,
                               f"field 'size' is larger than the limit of {limits.max_file_bytes} bytes")
-        await self._check_quota(user_id, size, limits.upload_bytes_per_day)
-        upload_id = secrets.token_hex(16)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.directory / f"{TEMPORARY_PREFIX}{upload_id}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Reserved before the quota is read: uploads starting at once on several
+        # connections of one user each see the others'.
         self._reserved[user_id] = self._reserved.get(user_id, 0) + size
+        try:
+            await self._check_quota(user_id, size, limits.upload_bytes_per_day)
+            upload_id = secrets.token_hex(16)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.directory / f"{TEMPORARY_PREFIX}{upload_id}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except BaseException:
+            self._unreserve(user_id, size)
+            raise
         return Upload(upload_id, user_id, name, size, content_type, path, fd, last_progress=now)
 
+    def _unreserve(self, user_id: int, size: int) -> None:
+        left = self._reserved.get(user_id, 0) - size
+        if left > 0:
+            self._reserved[user_id] = left
+        else:
+            self._reserved.pop(user_id, None)
+
     async def _check_quota(self, user_id: int, size: int, quota: int) -> None:
-        """Over the quota: ``rate_limited``, with the wait until enough of the last 24
-        hours' uploads leave the window."""
+        """Over the quota (this upload reserved already): ``rate_limited``, with the wait
+        until enough of the last 24 hours' uploads leave the window."""
         now = now_ms()
         recent = await self._store.uploads_since(user_id, now - DAY_MS)
-        excess = sum(stored for _, stored in recent) + self._reserved.get(user_id, 0) + size - quota
+        excess = sum(stored for _, stored in recent) + self._reserved.get(user_id, 0) - quota
         if excess <= 0:
             return
         if size > quota:
@@ -106,9 +119,12 @@ class FileStore:
         if upload.received + len(data) > upload.size:
             raise ClientError(ErrorCode.INVALID_MESSAGE,
                               f"size mismatch: more than the {upload.size} bytes announced")
-        os.write(upload.fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(upload.fd, view):]
         upload.received += len(data)
-        upload.last_progress = now
+        if data:
+            upload.last_progress = now
 
     async def finish(self, upload: Upload) -> FileRef:
         """Make the complete upload a stored file; the upload is over either way."""
@@ -117,8 +133,8 @@ class FileStore:
                 raise ClientError(ErrorCode.INVALID_MESSAGE,
                                   f"size mismatch: {upload.received} bytes received, {upload.size} announced")
             final = self.directory / upload.id
-            await asyncio.to_thread(_seal, upload.fd, upload.path, final)
-            upload.fd = -1
+            fd, upload.fd = upload.fd, -1  # the thread owns it now (and closes it)
+            await asyncio.to_thread(_seal, fd, upload.path, final)
             try:
                 return await self._store.store_file(upload.user_id, upload.name, upload.size, upload.content_type,
                                                     upload.id)
@@ -139,22 +155,22 @@ class FileStore:
             upload.fd = -1
         with contextlib.suppress(OSError):
             upload.path.unlink()
-        left = self._reserved.get(upload.user_id, 0) - upload.size
-        if left > 0:
-            self._reserved[upload.user_id] = left
-        else:
-            self._reserved.pop(upload.user_id, None)
+        self._unreserve(upload.user_id, upload.size)
 
-    async def readable(self, file_id: int, user_id: int,
-                       may_see_room: Callable[[int], bool]) -> tuple[StoredFile, bytes] | None:
-        """The file and its bytes when ``user_id`` may download it, else None."""
+    async def readable(self, file_id: int, name: str, user_id: int, may_see_room: Callable[[int], bool], *,
+                       read: bool = True) -> tuple[StoredFile, bytes] | None:
+        """The file (named ``name``) and its bytes (none unless ``read``) when ``user_id``
+        may download it, else None."""
         stored = await self._store.stored_file(file_id)
-        if stored is None:
+        if stored is None or stored.file.name != name:
             return None
         if stored.uploader_id != user_id and not any(may_see_room(room_id) for room_id in stored.room_ids):
             return None
+        path = self.directory / stored.storage_key
         try:
-            data = await asyncio.to_thread((self.directory / stored.storage_key).read_bytes)
+            data = await asyncio.to_thread(path.read_bytes) if read else b""
+            if not read and not path.is_file():
+                raise FileNotFoundError(path)
         except OSError:
             log.warning("file.missing", file_id=file_id, storage_key=stored.storage_key)
             return None

@@ -126,14 +126,14 @@ class Hub(Generic[S]):
         return count
 
     def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None,
-                        exclude: S | None = None) -> int:
+                        exclude: Collection[S] = ()) -> int:
         """Hand ``frame`` to the user's connections (but ``exclude``); with ``leaving_room``,
         each of them leaves that room first.  Returns how many got it."""
         count = 0
         for subscriber in tuple(self._users.get(user_id, ())):
             if leaving_room is not None:
                 self.unsubscribe(leaving_room, subscriber)
-            if subscriber is exclude:
+            if subscriber in exclude:
                 continue
             subscriber.deliver(None, frame, None)
             count += 1

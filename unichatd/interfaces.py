@@ -177,7 +177,7 @@ class Broker(Protocol[S]):
         """Hand ``frame`` to the room's subscribers; returns how many got it."""
 
     def publish_to_user(self, user_id: int, frame: bytes, *, leaving_room: int | None = None,
-                        exclude: S | None = None) -> int:
+                        exclude: Collection[S] = ()) -> int:
         """Hand ``frame`` to the user's connections (but ``exclude``); with ``leaving_room``,
         each of them leaves that room first.  Returns how many got it."""
 

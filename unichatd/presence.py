@@ -38,6 +38,8 @@ GRACE = 5.0
 """Seconds offline before others are told."""
 DELIVERY_BUDGET = 2000
 """Presence deliveries per turn of the event loop (a few milliseconds at most)."""
+SAVE_DELAY = 0.2
+"""Seconds last_seen times gather before one write stores them all."""
 
 
 class Presence:
@@ -58,6 +60,10 @@ class Presence:
         self._outbox: dict[int, None] = {}
         """Users whose contacts are owed their state, in order."""
         self._draining: Timer | None = None
+        self._unsaved: list[tuple[int, int]] = []
+        """(user, last seen) not written yet: written together, so a crowd leaving at once
+        costs one write, not one each."""
+        self._saving: Timer | None = None
 
     def load(self, last_seen: dict[int, int]) -> None:
         self._last_seen.update(last_seen)
@@ -98,8 +104,15 @@ class Presence:
             return
         closed_ms = leaving[1]
         self._last_seen[user_id] = closed_ms
-        self._store.set_last_seen([(user_id, closed_ms)]).add_done_callback(_logged)
+        self._unsaved.append((user_id, closed_ms))
+        if self._saving is None:
+            self._saving = self._clock.call_later(SAVE_DELAY, self._save)
         self._owe(user_id)
+
+    def _save(self) -> None:
+        self._saving = None
+        unsaved, self._unsaved = self._unsaved, []
+        self._store.set_last_seen(unsaved).add_done_callback(_logged)
 
     def _owe(self, user_id: int) -> None:
         self._outbox[user_id] = None
@@ -148,12 +161,14 @@ class Presence:
     async def stop(self) -> None:
         """Shutdown: everyone online or leaving was last seen now (after a restart nobody is
         online until they connect again)."""
-        if self._draining is not None:
-            self._draining.cancel()
-            self._draining = None
+        for timer in (self._draining, self._saving):
+            if timer is not None:
+                timer.cancel()
+        self._draining = self._saving = None
         self._outbox.clear()
         now = now_ms()
-        seen = [(user_id, closed) for user_id, (timer, closed) in self._leaving.items()]
+        seen = self._unsaved + [(user_id, closed) for user_id, (timer, closed) in self._leaving.items()]
+        self._unsaved = []
         for timer, _ in self._leaving.values():
             timer.cancel()
         self._leaving.clear()

@@ -65,10 +65,11 @@ def error(status: http.HTTPStatus, code: str, message: str, *, head: bool = Fals
 
 
 def respond(status: http.HTTPStatus, body: bytes, content_type: str, *, head: bool = False,
-            extra: Iterable[tuple[str, str]] = (), cache: str = "no-store") -> Response:
-    """A response with its length; a HEAD request gets the headers alone."""
+            extra: Iterable[tuple[str, str]] = (), cache: str = "no-store", length: int | None = None) -> Response:
+    """A response with its length (``length`` when the body was not read, for HEAD); a HEAD
+    request gets the headers alone."""
     headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))),
+        [("Content-Type", content_type), ("Content-Length", str(len(body) if length is None else length)),
          ("Cache-Control", cache), *extra]
     )
     return Response(status.value, status.phrase, headers, b"" if head else body)
@@ -98,7 +99,7 @@ def file_download(file: FileRef, data: bytes, *, head: bool) -> Response:
     disposition = (f'{"inline" if inline else "attachment"}; filename="{ascii_name}"; '
                    f"filename*=UTF-8''{quote(file.name, safe='')}")
     return respond(http.HTTPStatus.OK, data, file.content_type if inline else "application/octet-stream",
-                   head=head, cache="private, max-age=86400",
+                   head=head, cache="private, max-age=86400", length=file.size,
                    extra=[("X-Content-Type-Options", "nosniff"), ("Content-Disposition", disposition),
                           ("Content-Security-Policy", "default-src 'none'; sandbox")])
 

@@ -30,6 +30,8 @@ log = structlog.get_logger("unichatd.session")
 
 CATCH_UP_LIMIT = 100
 REPLIES_OWED_TIMEOUT = 5.0
+UPLOAD_FREE_FRAME_BYTES = 1024
+"""An upload's binary frames of at least this many bytes (or its last) take no frame token."""
 
 
 class Sink(Protocol):
@@ -255,7 +257,18 @@ class Session:
             return
         upload = self._upload
         if upload is not None:
-            # An upload's bytes are bounded by its announced size, not by the frame rate.
+            # An upload's bytes are bounded by its announced size, not by the frame rate;
+            # but small frames (other than the last) are frames like any other, or a
+            # client could send empty ones without end.
+            if len(data) < UPLOAD_FREE_FRAME_BYTES and upload.received + len(data) < upload.size:
+                try:
+                    self._check_frame_rate(None)
+                except RateLimited as exc:
+                    self.send_error(exc)
+                    return
+                except CloseConnection as exc:
+                    self.close(exc.code, exc.reason)
+                    return
             try:
                 self.chat.files.write(upload, data, self.chat.clock.monotonic())
             except ClientError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from . import protocol
 from .clock import Clock, Timer
@@ -62,6 +62,7 @@ class RoomUpdates(Generic[R]):
         """Connections in the order they became owed; entries already sent are skipped."""
         self._timer: Timer | None = None
         self._encoders: dict[int, tuple[float, tuple[int, int, str], protocol.RoomUpdateEncoder]] = {}
+        self._participant_lists: dict[int, tuple[float, list[dict[str, Any]]]] = {}
 
     def room_changed(self, room_id: int, *, members: bool = False) -> None:
         """Every participant's room list shows this room differently now (with ``members``:
@@ -108,7 +109,7 @@ class RoomUpdates(Generic[R]):
                 continue
             if owed.members is not None and room_id in owed.members:
                 updates = directory.room_state(room_id, user_id)
-                updates["participants"] = directory.participant_list(room_id)
+                updates["participants"] = self._participants(room_id, now)
                 connection.send(protocol.room_updated_frame(room_id, updates))
                 self._stats.room_updates += 1
                 continue
@@ -124,6 +125,14 @@ class RoomUpdates(Generic[R]):
                 self._encoders[room_id] = cached
             connection.send(cached[2].frame(room.unread.get(user_id, 0), room.mentions.get(user_id, 0)))
             self._stats.room_updates += 1
+
+    def _participants(self, room_id: int, now: float) -> list[dict[str, Any]]:
+        """The room's participant list, built once for all the participants told at once
+        (a join in a room of a thousand is not a million entries)."""
+        cached = self._participant_lists.get(room_id)
+        if cached is None or now - cached[0] > ENCODER_REUSE:
+            cached = self._participant_lists[room_id] = (now, self._directory.participant_list(room_id))
+        return cached[1]
 
     def forget(self, connection: R) -> None:
         """The connection is gone: it is owed nothing any more."""

@@ -33,7 +33,8 @@ class AdminStore:
         """A new room; for ``direct`` (two members), the pair's one direct room, new or not."""
         with immediate(self.conn) as conn:
             if room_type == "direct":
-                return membership.direct_room(conn, *members).room_id
+                first, second = sorted(set(members))  # (the CLI checked there are two)
+                return membership.direct_room(conn, first, second).room_id
             return membership.create_room(conn, name, room_type, members).room_id
 
     def room_exists(self, room_id: int) -> bool:

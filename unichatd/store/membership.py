@@ -77,6 +77,8 @@ def remove_members(conn: sqlite3.Connection, room_id: int, user_ids: Sequence[in
     for user_id in dict.fromkeys(user_ids):
         cursor = conn.execute("DELETE FROM participants WHERE room_id = ? AND user_id = ?", (room_id, user_id))
         if cursor.rowcount:
+            # An owner who goes hands nothing on: the room has no owner from now on.
+            conn.execute("UPDATE rooms SET owner_id = NULL WHERE id = ? AND owner_id = ?", (room_id, user_id))
             log_id = _log(conn, room_id, user_id, change)
     return log_id
 

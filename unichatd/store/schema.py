@@ -29,6 +29,21 @@ def _thread_roots(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE messages SET thread_root_id = ? WHERE id = ?", updates)
 
 
+def _direct_pairs(conn: sqlite3.Connection) -> None:
+    """Give the direct rooms the CLI made before v1.1 their pair's key (the oldest room of
+    a pair keeps it), so create_direct finds them instead of making another."""
+    taken: set[str] = set()
+    rows = conn.execute(
+        "SELECT r.id, MIN(p.user_id), MAX(p.user_id) FROM rooms r JOIN participants p ON p.room_id = r.id "
+        "WHERE r.room_type = 'direct' GROUP BY r.id HAVING COUNT(*) = 2 ORDER BY r.id"
+    ).fetchall()
+    for room_id, low, high in rows:
+        key = f"{low}:{high}"
+        if key not in taken:
+            taken.add(key)
+            conn.execute("UPDATE rooms SET direct_key = ? WHERE id = ?", (key, room_id))
+
+
 MigrationStep = str | Callable[[sqlite3.Connection], None]
 Migration = MigrationStep | tuple[MigrationStep, ...]
 
@@ -164,7 +179,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # 4: protocol v1.1's people, rooms and files: presence's last_seen, one direct room
     # per pair, files and the messages that show them.
-    """
+    ("""
     ALTER TABLE users ADD COLUMN last_seen_ms INTEGER;
     CREATE INDEX users_by_username ON users(username COLLATE NOCASE);
     CREATE INDEX users_by_first_name ON users(first_name COLLATE NOCASE);
@@ -195,7 +210,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     -- The message's file objects as JSON ([[id, name, size, content_type], ...]), read
     -- with the row like its reactions.
     ALTER TABLE messages ADD COLUMN attachments TEXT;
-    """,
+    """, _direct_pairs),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

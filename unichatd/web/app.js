@@ -20,6 +20,7 @@ import { ThreadView } from "./views/thread.js";
 import { renderTyping } from "./views/typing.js";
 
 const TOKEN_KEY = "unichat_token";
+const MAX_ATTACHMENTS = 10;
 const TYPING_SHOW_MS = 7000;
 const PHONE = window.matchMedia("(max-width: 700px)");
 
@@ -48,7 +49,11 @@ const uploads = new Uploads(connection, {
   onChange: (item) => { if (!item.discarded) tray.show(item); },
 });
 const tray = new AttachmentTray({
-  onFiles: (files) => { for (const file of files) uploads.add(file); },
+  onFiles: (files) => {
+    const room = MAX_ATTACHMENTS - tray.items.size;
+    if (files.length > room) notice(`A message takes at most ${MAX_ATTACHMENTS} files.`);
+    for (const file of files.slice(0, Math.max(0, room))) uploads.add(file);
+  },
   onRemove: (item) => uploads.cancel(item),
 });
 const newRoom = new NewRoomDialog({
@@ -56,7 +61,9 @@ const newRoom = new NewRoomDialog({
   onCreate: (name, memberIds) => {
     if (connection.request({ type: "create_room", name, member_ids: memberIds }, "create") === null) {
       newRoom.failed("Offline: try again once connected.");
+      return false;
     }
+    return true;
   },
   onMessage: (userId) => openDirect(userId),
 });
@@ -67,7 +74,14 @@ const members = new MembersPanel({
   onRename: (roomId, name) => connection.request({ type: "rename_room", room_id: roomId, name }, "rename"),
   onLeave: (roomId) => connection.request({ type: "leave_room", room_id: roomId }, "leave"),
   onSearch: (query) => connection.request({ type: "get_users", query, limit: 20 }, "users:members"),
-  onToggle: () => {},
+  // Rooms too large to carry presence (rooms.presence_max_members) show it as of now.
+  onToggle: (open) => {
+    const room = state.rooms.get(state.current);
+    if (open && room) {
+      connection.request({ type: "get_presence", user_ids: room.participants.slice(0, 1000).map((p) => p.id) },
+        "presence");
+    }
+  },
 });
 // What a message's own buttons do, in the list and in the thread panel alike.
 const messageActions = {
@@ -138,6 +152,8 @@ function start(token) {
 
 function signOut(message) {
   connection.stop();
+  discardAttachments();
+  newRoom.close();
   sessionStorage.removeItem(TOKEN_KEY);
   openRoom(null);
   state.rooms.clear();
@@ -178,6 +194,9 @@ function handle(frame, kind) {
     case "presence": return onPresence(frame);
     case "room_created": return onRoomCreated(frame.room, kind);
     case "members_updated": return onMembers(frame.room_id, frame.participants);
+    case "presence_list":
+      if (learnPresence(frame.users)) renderRooms();
+      return;
     case "users":
       if (kind === "users:dialog") newRoom.showUsers(frame.users);
       else if (kind === "users:members") members.showUsers(frame.users);
@@ -211,6 +230,7 @@ function onEstablished(frame) {
 function onRoomList(rooms) {
   state.setRooms(rooms);
   if (state.current !== null && !state.rooms.has(state.current)) openRoom(null);
+  if (state.current !== null) members.render(state.rooms.get(state.current));
   renderRoomsNow();
   if (focusOnArrival) {
     focusOnArrival = false;
@@ -229,27 +249,34 @@ function onRoomUpdated(roomId, updates) {
   Object.assign(room, updates);
   if (updates.participants) state.setRooms([...state.rooms.values()]);  // (their names)
   if (updates.name !== undefined && roomId === state.current) byId("room-title").textContent = room.name;
-  if (roomId === state.current) members.render(room);
+  if (roomId === state.current && (updates.participants || updates.name !== undefined)) members.render(room);
   if (roomId === state.current && room.unread_count > 0 && isReading()) markRead();
   renderRooms();
 }
 
 // Someone's presence changed: every room that lists them shows it.
 function onPresence(frame) {
+  if (learnPresence([frame])) renderRooms();
+}
+
+// Presence of some people (frames, or get_presence's answer); true when a room lists one.
+function learnPresence(people) {
+  const known = new Map(people.map((person) => [person.user_id ?? person.id, person]));
   let touched = false;
+  let current = false;
   for (const room of state.rooms.values()) {
     for (const person of room.participants) {
-      if (person.id === frame.user_id) {
-        person.online = frame.online;
-        person.last_seen = frame.last_seen;
+      const news = known.get(person.id);
+      if (news && (person.online !== news.online || person.last_seen !== news.last_seen)) {
+        person.online = news.online;
+        person.last_seen = news.last_seen;
         touched = true;
+        if (room.id === state.current) current = true;
       }
     }
   }
-  if (!touched) return;
-  const current = state.rooms.get(state.current);
-  if (current) members.render(current);
-  renderRooms();
+  if (current) members.render(state.rooms.get(state.current));
+  return touched;
 }
 
 function onRoomCreated(room, kind) {
@@ -271,8 +298,15 @@ function onMembers(roomId, participants) {
 
 function openDirect(userId) {
   if (connection.request({ type: "create_direct", user_id: userId }, "direct") === null) {
-    notice("Offline: try again once connected.");
+    if (newRoom.dialog.open) newRoom.failed("Offline: try again once connected.");
+    else notice("Offline: try again once connected.");
   }
+}
+
+// Files picked for a room go with its next message, and with no other room's.
+function discardAttachments() {
+  for (const item of tray.items.values()) uploads.cancel(item.item);
+  tray.clear();
 }
 
 function onHistory(frame, kind) {
@@ -392,8 +426,11 @@ function patch(roomId, messageId, change) {
 
 function onError(frame, kind) {
   if (kind === "search") { search.failed(frame.message); return; }
-  if (kind === "upload") { uploads.handle(frame); return; }
+  // An upload's own errors, and those the server sends about it unasked (bytes past the
+  // announced size, a minute without progress, a write that failed).
+  if (kind === "upload" || (frame.request_id === undefined && uploads.busy)) { uploads.handle(frame); return; }
   if (kind === "create" || kind === "users:dialog") { newRoom.failed(frame.message); return; }
+  if (kind === "presence") return;  // (what the room list showed stays)
   if (kind === "direct" && newRoom.dialog.open) { newRoom.failed(frame.message); return; }
   if (kind in FAILED_ACTION) { notice(`${FAILED_ACTION[kind]}: ${frame.message}`); return; }
   if (kind && kind.startsWith("send:")) {
@@ -555,6 +592,7 @@ function openRoom(roomId) {
   if (previous !== roomId) {
     thread.close();
     composer.leaveRoom();
+    discardAttachments();
   }
   state.current = roomId;
   composer.show(roomId !== null);
@@ -641,6 +679,7 @@ function sendMessage(content, replyTo, fromThread = false) {
   // Files go with the message from the room's composer (the thread has no tray).
   const attachments = fromThread ? [] : tray.ready();
   if (!fromThread && tray.busy()) { notice("Wait until the files are uploaded."); return false; }
+  if (!fromThread && tray.failed()) { notice("A file could not be uploaded: remove it (×) or attach it again."); return false; }
   const clientMsgId = newClientMsgId();
   const item = { roomId: state.current, content, replyTo, status: "sending", attachments };
   if (!fromThread) tray.clear();
@@ -673,9 +712,10 @@ function retry(clientMsgId) {
 byId("signout").addEventListener("click", () => signOut("Signed out."));
 byId("back").addEventListener("click", back);
 document.addEventListener("keydown", (event) => {
-  // Escape anywhere in a room on a phone goes back to the list (the composer and the
-  // message list handle their own Escape first).
-  if (event.key === "Escape" && !event.defaultPrevented && PHONE.matches && state.current !== null) back();
+  // Escape anywhere in a room on a phone goes back to the list (the composer, the message
+  // list, the members panel and a dialog handle their own Escape first).
+  if (event.key !== "Escape" || event.defaultPrevented || document.querySelector("dialog[open]")) return;
+  if (PHONE.matches && state.current !== null) back();
 });
 const onAttention = () => { if (isReading()) markRead(); };
 document.addEventListener("visibilitychange", onAttention);

@@ -43,16 +43,21 @@ export class Uploads {
     this.onChange(item);
   }
 
-  // The connection dropped: what was in flight must start over.
+  // The connection dropped: what was in flight must start over (unless taken back).
   reset() {
     if (this.current !== null) {
       const { item } = this.current;
       this.current = null;
+      if (item.discarded) return;
       item.sent = 0;
       item.status = "queued";
       this.queue.unshift(item);
       this.onChange(item);
     }
+  }
+
+  get busy() {
+    return this.current !== null;
   }
 
   // Frames answering our requests: upload_ready, file_stored, or an error.

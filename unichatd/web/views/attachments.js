@@ -109,6 +109,10 @@ export class AttachmentTray {
     return [...this.items.values()].some(({ item }) => item.status === "queued" || item.status === "sending");
   }
 
+  failed() {
+    return [...this.items.values()].some(({ item }) => item.status === "failed");
+  }
+
   // The stored files to send with the message, in the order they were added.
   ready() {
     return [...this.items.values()].filter(({ item }) => item.status === "stored").map(({ item }) => item.file);

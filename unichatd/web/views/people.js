@@ -37,24 +37,30 @@ export class NewRoomDialog {
     this.query = byId("new-room-search");
     this.results = byId("new-room-users");
     this.error = byId("new-room-error");
+    this.create = byId("new-room-create");
     this.picked = new Map();  // user id -> username
     this.onMessage = onMessage;
     this.me = null;
     byId("new-room").addEventListener("click", () => this.open());
     byId("new-room-cancel").addEventListener("click", () => this.dialog.close());
     searchAsYouType(this.query, onSearch);
+    // Enter in the search box searches at once; it does not create the room.
+    this.query.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") { event.preventDefault(); onSearch(this.query.value.trim()); }
+    });
     this.onSearch = onSearch;
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
       const name = this.name.value.trim();
       if (!name) { this.error.textContent = "Give the room a name."; this.name.focus(); return; }
-      onCreate(name, [...this.picked.keys()]);
+      if (onCreate(name, [...this.picked.keys()])) this.create.disabled = true;  // until the answer
     });
   }
 
   open() {
     this.form.reset();
     this.picked.clear();
+    this.create.disabled = false;
     this.error.textContent = "";
     this.results.replaceChildren();
     this.dialog.showModal();
@@ -67,6 +73,7 @@ export class NewRoomDialog {
   }
 
   failed(message) {
+    this.create.disabled = false;
     this.error.textContent = message;
   }
 
@@ -111,9 +118,13 @@ export class MembersPanel {
     this.addInput = byId("add-member-search");
     this.addResults = byId("add-member-users");
     this.room = null;
+    this.shownRoomId = null;  // the room whose add-people search the panel shows
     this.me = null;
     this.toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
-    byId("members-close").addEventListener("click", () => { this.setOpen(false); this.toggle.focus(); });
+    byId("members-close").addEventListener("click", () => this.closeToToggle());
+    this.panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") { event.preventDefault(); this.closeToToggle(); }
+    });
     byId("rename-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const name = this.renameInput.value.trim();
@@ -135,12 +146,19 @@ export class MembersPanel {
     this.toggle.setAttribute("aria-expanded", String(open));
     byId("app").classList.toggle("with-members", open);
     this.handlers.onToggle(open);
-    if (open) this.render(this.room);
+    if (open) {
+      this.render(this.room);
+      byId("members-close").focus();  // (on a phone the panel covers the room)
+    }
+  }
+
+  closeToToggle() {
+    this.setOpen(false);
+    this.toggle.focus();
   }
 
   // The open room (or null): the toggle's count, and the panel when it is open.
   render(room) {
-    const changedRoom = this.room?.id !== room?.id;
     this.room = room;
     this.toggle.hidden = room === null;
     if (room === null) { this.setOpenQuietly(false); return; }
@@ -148,6 +166,8 @@ export class MembersPanel {
     this.toggle.textContent = `Members ${count}`;
     this.toggle.setAttribute("aria-label", `Members: ${count}`);
     if (!this.open) return;
+    const changedRoom = this.shownRoomId !== room.id;
+    this.shownRoomId = room.id;
     const owner = this.me !== null && room.owner_id === this.me.id;
     const direct = room.room_type === "direct";
     this.ownerTools.hidden = !owner;
@@ -155,7 +175,15 @@ export class MembersPanel {
     if (changedRoom || document.activeElement !== this.renameInput) this.renameInput.value = room.name;
     if (changedRoom) { this.addInput.value = ""; this.addResults.replaceChildren(); }
     const people = [...room.participants].sort((a, b) => (b.online - a.online) || a.username.localeCompare(b.username));
+    // Rows are rebuilt: a focused button comes back in its redrawn row (or the list takes it).
+    const active = this.list.contains(document.activeElement) ? document.activeElement : null;
+    const row = active?.closest("[data-user-id]")?.dataset.userId;
+    const control = active?.dataset.control;
     this.list.replaceChildren(...people.map((person) => this.memberRow(person, owner && !direct)));
+    if (active !== null) {
+      const again = this.list.querySelector(`[data-user-id="${row}"] [data-control="${control}"]`);
+      (again ?? byId("members-close")).focus();
+    }
   }
 
   setOpenQuietly(open) {
@@ -176,12 +204,14 @@ export class MembersPanel {
     if (!me) {
       const message = el("button", "link", "Message");
       message.type = "button";
+      message.dataset.control = "message";
       message.setAttribute("aria-label", `Message ${person.username}`);
       message.addEventListener("click", () => this.handlers.onMessage(person.id));
       row.append(message);
       if (mayRemove) {
         const remove = el("button", "link", "Remove");
         remove.type = "button";
+        remove.dataset.control = "remove";
         remove.setAttribute("aria-label", `Remove ${person.username} from the room`);
         remove.addEventListener("click", () => this.handlers.onRemove(this.room.id, person.id));
         row.append(remove);

@@ -55,7 +55,8 @@ export class RoomListView {
 
   fill(parts, room, currentId) {
     const unread = room.id === currentId ? 0 : room.unread_count || 0;
-    const preview = room.last_message_content || "No messages yet";
+    // (a message of files alone has no text to preview)
+    const preview = room.last_message_time ? room.last_message_content || "(files)" : "No messages yet";
     if (parts.name.textContent !== room.name) parts.name.textContent = room.name;
     // A direct room shows whether the other one is online.
     const other = room.room_type === "direct" ? room.participants.find((person) => person.id !== this.me?.id) : null;
