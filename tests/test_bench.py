@@ -55,3 +55,16 @@ def test_quick_mixed_measures_three_servers_side_by_side() -> None:
     for run in summary.values():
         assert float(run["acked_per_s"]) > 0
         assert float(run["p50"]) <= float(run["p99"]) <= float(run["max"])
+
+
+def test_quick_storm_reconnects_every_idle_connection_during_the_rate_run() -> None:
+    """The storm scenario measures the rate run quiet, then while every idle connection
+    drops and comes back (200 of them in quick mode)."""
+    result = _bench("storm")
+    assert result["errors"] == 0
+    summary = result["delivery_ms"]
+    assert isinstance(summary, dict)
+    assert [run["reconnected"] for run in summary.values()] == [0, 200]
+    for run in summary.values():
+        assert float(run["acked_per_s"]) > 0
+        assert float(run["p50"]) <= float(run["p99"]) <= float(run["max"])
