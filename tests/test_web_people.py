@@ -87,6 +87,16 @@ async def test_message_a_person_opens_the_direct_room_with_presence(browser: Any
     dot = alice.locator("#members [data-user-id='2'] .dot")
     await expect(dot).to_have_attribute("aria-label", "online")
     await expect(dot).to_have_attribute("aria-label", lambda_offline(), timeout=9000)
+    # the direct room in alice's list says so too
+    await expect(alice.locator("#room-list li", has_text="bob").locator("button")).to_have_attribute(
+        "aria-label", "bob, offline", timeout=WAIT_MS)
+    # "Message" again (from the dialog this time) opens the same room, not a second one
+    await alice.get_by_role("button", name="New room or message").click()
+    await alice.get_by_role("dialog").get_by_label("Members").fill("bob")
+    await alice.get_by_role("dialog").get_by_role("button", name="Message bob").click()
+    await expect(alice.get_by_role("dialog")).to_be_hidden(timeout=WAIT_MS)
+    await expect(alice.locator("#room-list li", has_text="bob")).to_have_count(1)
+    await expect(alice.locator("#message-list .message", has_text="a word in private?")).to_be_visible()
 
 
 def lambda_offline() -> Any:
@@ -113,10 +123,12 @@ async def test_owner_renames_adds_and_removes_and_anyone_leaves(browser: Any, ch
     await panel.get_by_label("Room name").fill("the crew")
     await panel.get_by_role("button", name="Rename").click()
     await expect(bob.locator("#room-list li", has_text="the crew")).to_be_visible(timeout=LIVE_MS)
+    await expect(alice.locator("#room-title")).to_have_text("the crew", timeout=LIVE_MS)
     await panel.get_by_label("Add people").fill("car")
     await panel.get_by_role("button", name="Add carol to the room").click()
     await expect(carol.locator("#room-list li", has_text="the crew")).to_be_visible(timeout=LIVE_MS)
     await expect(alice.get_by_role("button", name="Members: 3")).to_be_visible(timeout=LIVE_MS)
+    await expect(panel.locator("[data-user-id='3']")).to_contain_text("carol")
     await panel.get_by_role("button", name="Remove carol from the room").click()
     await expect(carol.locator("#room-list li", has_text="the crew")).to_have_count(0, timeout=LIVE_MS)
     # bob is no owner: no rename or add, but he may leave
