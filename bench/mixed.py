@@ -9,11 +9,12 @@ side by side in one run.  The idle connections answer pings as any client librar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,9 @@ def scenario_mixed(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace, *, idle: int, ping_interval: float | None) -> dict[str, Any]:
-    """One server: attach ``idle`` connections, then the rate run; their figures."""
+@contextlib.contextmanager
+def server_with_rooms(args: argparse.Namespace, idle: int, ping_interval: float | None = None) -> Iterator[BenchServer]:
+    """A server on a fresh database with the rate run's rooms and ``idle`` connections' rooms."""
     with tempfile.TemporaryDirectory(prefix="unichatd-bench-") as tmp:
         server = BenchServer(Path(tmp), relay=False, cpu=args.server_cpu, ping_interval=ping_interval)
         admin = server.admin()
@@ -71,9 +73,15 @@ def _run(args: argparse.Namespace, *, idle: int, ping_interval: float | None) ->
         admin.close()
         server.start()
         try:
-            result = _rate_with_idle_attached(server, args, idle)
+            yield server
         finally:
             server.stop()
+
+
+def _run(args: argparse.Namespace, *, idle: int, ping_interval: float | None) -> dict[str, Any]:
+    """One server: attach ``idle`` connections, then the rate run; their figures."""
+    with server_with_rooms(args, idle, ping_interval) as server:
+        result = _rate_with_idle_attached(server, args, idle)
     result["idle_connections"] = idle
     result["ping_interval"] = ServerConfig().ping_interval if ping_interval is None else ping_interval
     return result

@@ -17,10 +17,8 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,16 +27,13 @@ from unichatd.auth import mint_token
 
 from .harness import (
     IDLE_USER_BASE,
-    BenchServer,
     ClientReport,
     StartGate,
-    create_fanout_rooms,
-    create_idle_rooms,
     idle_rooms_of,
     raise_fd_limit,
 )
 from .idle import idle_client
-from .mixed import rate_with_clients_attached
+from .mixed import rate_with_clients_attached, server_with_rooms
 
 STORM_DELAY = 2.0
 """Seconds into the measured part of the rate run when the storm starts."""
@@ -145,24 +140,15 @@ def scenario_storm(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace, conns: int, *, storm: bool) -> dict[str, Any]:
     import multiprocessing as mp
 
-    with tempfile.TemporaryDirectory(prefix="unichatd-bench-") as tmp:
-        server = BenchServer(Path(tmp), relay=False, cpu=args.server_cpu)
-        admin = server.admin()
-        create_fanout_rooms(admin, args.rooms, args.members)
-        create_idle_rooms(admin, conns, args.subs, args.idle_rooms)
-        admin.close()
-        server.start()
-        try:
-            if not storm:
-                return rate_with_clients_attached(server, args, conns, idle_client)
-            signal = mp.get_context("spawn").Event()
+    with server_with_rooms(args, conns) as server:
+        if not storm:
+            return rate_with_clients_attached(server, args, conns, idle_client)
+        signal = mp.get_context("spawn").Event()
 
-            def start_storm_soon() -> None:
-                threading.Timer(args.warmup + STORM_DELAY, signal.set).start()
+        def start_storm_soon() -> None:
+            threading.Timer(args.warmup + STORM_DELAY, signal.set).start()
 
-            return rate_with_clients_attached(
-                server, args, conns, storm_client,
-                extra={"storm": signal, "storm_seconds": args.storm_seconds, "backoff": args.backoff},
-                on_rate_started=start_storm_soon)
-        finally:
-            server.stop()
+        return rate_with_clients_attached(
+            server, args, conns, storm_client,
+            extra={"storm": signal, "storm_seconds": args.storm_seconds, "backoff": args.backoff},
+            on_rate_started=start_storm_soon)

@@ -444,11 +444,24 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
+FAST_SENDS = {"messages_per_second": 10_000, "message_burst": 10_000}
+"""Limits for tests that send faster than the default rate limit allows."""
+
+
+@pytest_asyncio.fixture
+async def chat(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server, started on first use; a user is named as the test names them (or by their bare id)."""
+    running = RunningServer(make_config(tmp_path, limits=FAST_SENDS), name_format="{}")
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
 @pytest_asyncio.fixture
 async def chat_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server for browser tests, whose helpers fill rooms faster than the default rate limit."""
-    limits = {"messages_per_second": 10_000, "message_burst": 10_000}
-    running = await start_server(make_config(tmp_path, server={"port": free_port()}, limits=limits))
+    running = await start_server(make_config(tmp_path, server={"port": free_port()}, limits=FAST_SENDS))
     try:
         yield running
     finally:

@@ -7,28 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from tests.conftest import Client, RunningServer, make_config, start_server
 
 pytestmark = pytest.mark.asyncio
-
-LIMITS = {"messages_per_second": 10_000, "message_burst": 10_000}
-
-
-@pytest_asyncio.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = RunningServer(make_config(tmp_path, limits=LIMITS), name_format="{}")
-    try:
-        yield running
-    finally:
-        await running.close()
-
 
 async def team(chat: RunningServer, *, subscribe: bool = True) -> tuple[int, int, Client, Client]:
     """Room ``team`` with alice (1) and bob (2), a foreign room of carol (3), both connected."""

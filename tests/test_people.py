@@ -7,29 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from tests.conftest import Client, RunningServer, make_config
+from tests.conftest import FAST_SENDS, Client, RunningServer, make_config
 from tests.test_lifecycle import answer, error_of, say
 
 pytestmark = pytest.mark.asyncio
-
-LIMITS = {"messages_per_second": 10_000, "message_burst": 10_000}
-
-
-@pytest_asyncio.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = RunningServer(make_config(tmp_path, limits=LIMITS), name_format="{}")
-    try:
-        yield running
-    finally:
-        await running.close()
-
 
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
@@ -340,7 +326,7 @@ async def test_one_user_online_is_one_encoding_for_all_contacts(chat: RunningSer
 
 
 async def test_restart_leaves_nobody_online(tmp_path: Path) -> None:
-    config = make_config(tmp_path, limits=LIMITS)
+    config = make_config(tmp_path, limits=FAST_SENDS)
     first = RunningServer(config, name_format="{}")
     await first.create_room("team", [1, 2])
     await first.connect(1, "alice")

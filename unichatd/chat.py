@@ -373,7 +373,7 @@ class Chat:
         await self.ensure_access(room_id, connection.user_id)
         outcome = await self.store.change_room(room_id, connection.user_id, "rename", name=request.name)
         await self.membership.catch_up(self._room_accepted(outcome, room_id, "rename it").log_id)
-        return protocol.room_renamed_frame(room_id, request.name, request.request_id)
+        return protocol.room_updated_frame(room_id, {"name": request.name}, request.request_id)
 
     async def leave_room(self, connection: Connection, request: protocol.LeaveRoom) -> bytes:
         room_id, user_id = request.room_id, connection.user_id

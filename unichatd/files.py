@@ -169,9 +169,9 @@ class FileStore:
         path = self.directory / stored.storage_key
         try:
             data = await asyncio.to_thread(path.read_bytes) if read else b""
-            if not read and not path.is_file():
-                raise FileNotFoundError(path)
         except OSError:
+            data = None
+        if data is None or not (read or path.is_file()):
             log.warning("file.missing", file_id=file_id, storage_key=stored.storage_key)
             return None
         return stored, data

@@ -182,8 +182,6 @@ class RoomChanged:
 
     room_id: int
     log_id: int
-    created: bool = True
-    """For ``create_direct``: False when the pair's room existed already."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,8 +163,9 @@ def read_marked_frame(
     )
 
 
-def room_updated_frame(room_id: int, updates: Mapping[str, Any]) -> bytes:
-    return encode("room_updated", {"room_id": room_id, "updates": dict(updates)})
+def room_updated_frame(room_id: int, updates: Mapping[str, Any], request_id: RequestId = None) -> bytes:
+    """(with ``request_id``: the direct reply to ``rename_room``)"""
+    return encode("room_updated", {"room_id": room_id, "updates": dict(updates)}, request_id)
 
 
 class RoomUpdateEncoder:
@@ -267,11 +268,6 @@ def room_created_frame(room: dict[str, Any], request_id: RequestId) -> bytes:
 
 def members_updated_frame(room_id: int, participants: list[dict[str, Any]], request_id: RequestId) -> bytes:
     return encode("members_updated", {"room_id": room_id, "participants": participants}, request_id)
-
-
-def room_renamed_frame(room_id: int, name: str, request_id: RequestId) -> bytes:
-    """The direct reply to ``rename_room``: a ``room_updated`` naming the new name."""
-    return encode("room_updated", {"room_id": room_id, "updates": {"name": name}}, request_id)
 
 
 def users_frame(kind: str, users: list[dict[str, Any]], request_id: RequestId) -> bytes:

@@ -103,7 +103,7 @@ def direct_room(conn: sqlite3.Connection, user_id: int, other_id: int) -> RoomCh
         return create_room(conn, key, "direct", (user_id, other_id), direct_key=key)
     room_id = int(row[0])
     log_id = add_members(conn, room_id, (user_id, other_id))
-    return RoomChanged(room_id, log_id or last_log_id(conn), created=False)
+    return RoomChanged(room_id, log_id or last_log_id(conn))
 
 
 def owner_refusal(conn: sqlite3.Connection, room_id: int, user_id: int, *, members: bool) -> Refusal | None:

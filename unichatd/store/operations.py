@@ -107,7 +107,8 @@ class AppendMessage:
             if key is not None:
                 existing[key] = message
             results.append(Stored(message, created=True))
-            posts.extend((file.id, message_id, item.room_id) for file in item.attachments)
+            if item.attachments:
+                posts.extend((file.id, message_id, item.room_id) for file in item.attachments)
             rows.append((message.id, message.room_id, message.sender_id, message.content, now,
                          message.reply_to, message.client_msg_id, message.revision, message.thread_root_id,
                          format_mentions(message.mentions), format_attachments(message.attachments)))

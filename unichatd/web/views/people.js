@@ -20,6 +20,22 @@ function dot(person) {
   return node;
 }
 
+function personName(text) {
+  const name = el("span", "person-name", text);
+  name.dir = "auto";
+  return name;
+}
+
+// A small text button beside a person; `control` lets focus find it again after a redraw.
+function personButton(text, label, onClick, control) {
+  const node = el("button", "link", text);
+  node.type = "button";
+  node.setAttribute("aria-label", label);
+  if (control) node.dataset.control = control;
+  node.addEventListener("click", onClick);
+  return node;
+}
+
 function searchAsYouType(input, run) {
   let timer = null;
   input.addEventListener("input", () => {
@@ -93,14 +109,8 @@ export class NewRoomDialog {
     box.addEventListener("change", () => {
       if (box.checked) this.picked.set(user.id, user.username); else this.picked.delete(user.id);
     });
-    const name = el("span", "person-name", user.first_name ? `${user.username} (${user.first_name})` : user.username);
-    name.dir = "auto";
-    label.append(box, dot(user), name);
-    const message = el("button", "link", "Message");
-    message.type = "button";
-    message.setAttribute("aria-label", `Message ${user.username}`);
-    message.addEventListener("click", () => this.onMessage(user.id));
-    row.append(label, message);
+    label.append(box, dot(user), personName(user.first_name ? `${user.username} (${user.first_name})` : user.username));
+    row.append(label, personButton("Message", `Message ${user.username}`, () => this.onMessage(user.id)));
     return row;
   }
 }
@@ -196,25 +206,15 @@ export class MembersPanel {
     const row = el("li", "person");
     row.dataset.userId = person.id;
     const me = this.me !== null && person.id === this.me.id;
-    const name = el("span", "person-name", me ? `${person.username} (you)` : person.username);
-    name.dir = "auto";
     const seen = el("span", "person-seen", person.online ? "online" : (person.last_seen ? `seen ${fullTime(person.last_seen)}` : ""));
     seen.setAttribute("aria-hidden", "true");
-    row.append(dot(person), name, seen);
+    row.append(dot(person), personName(me ? `${person.username} (you)` : person.username), seen);
     if (!me) {
-      const message = el("button", "link", "Message");
-      message.type = "button";
-      message.dataset.control = "message";
-      message.setAttribute("aria-label", `Message ${person.username}`);
-      message.addEventListener("click", () => this.handlers.onMessage(person.id));
-      row.append(message);
+      row.append(personButton("Message", `Message ${person.username}`, () => this.handlers.onMessage(person.id),
+        "message"));
       if (mayRemove) {
-        const remove = el("button", "link", "Remove");
-        remove.type = "button";
-        remove.dataset.control = "remove";
-        remove.setAttribute("aria-label", `Remove ${person.username} from the room`);
-        remove.addEventListener("click", () => this.handlers.onRemove(this.room.id, person.id));
-        row.append(remove);
+        row.append(personButton("Remove", `Remove ${person.username} from the room`,
+          () => this.handlers.onRemove(this.room.id, person.id), "remove"));
       }
     }
     return row;
@@ -226,17 +226,11 @@ export class MembersPanel {
     const candidates = users.filter((user) => !inRoom.has(user.id));
     this.addResults.replaceChildren(...candidates.map((user) => {
       const row = el("li", "person");
-      const name = el("span", "person-name", user.username);
-      name.dir = "auto";
-      const add = el("button", "link", "Add");
-      add.type = "button";
-      add.setAttribute("aria-label", `Add ${user.username} to the room`);
-      add.addEventListener("click", () => {
+      row.append(dot(user), personName(user.username), personButton("Add", `Add ${user.username} to the room`, () => {
         this.handlers.onAdd(this.room.id, user.id);
         row.remove();
         this.addInput.focus();
-      });
-      row.append(dot(user), name, add);
+      }));
       return row;
     }));
     if (!candidates.length) this.addResults.append(el("li", "empty", "Nobody else by that name"));
