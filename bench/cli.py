@@ -16,6 +16,7 @@ from .idle import scenario_idle
 from .mixed import DEFAULT_DURATION, scenario_mixed
 from .search import scenario_search
 from .storm import scenario_storm
+from .webhooks import scenario_webhooks
 
 # ---------------------------------------------------------------------------
 # Command line
@@ -34,7 +35,7 @@ STORM_CONNS = 19_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", choices=["fanout", "rate", "idle", "mixed", "history", "search", "ceiling",
-                                                   "storm"])
+                                                   "storm", "webhooks"])
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds (for CI)")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         result = scenario_search(args)
     elif scenario == "storm":
         result = scenario_storm(args)
+    elif scenario == "webhooks":
+        result = scenario_webhooks(args)
     else:
         result = scenario_ceiling(args)
     _print_table(result)
@@ -118,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_table(result: dict[str, Any], indent: str = "") -> None:
     width = shutil.get_terminal_size((100, 20)).columns
     for key, value in result.items():
-        if isinstance(value, dict) and key in ("unichatd", "relay", "delivery_ms") or key in ("quiet", "storm"):
+        if isinstance(value, dict) and key in ("unichatd", "relay", "delivery_ms", "api") or key in (
+                "quiet", "storm", "without_webhook", "with_webhook"):
             print(f"{indent}{key}:", file=sys.stderr)
             _print_table(value, indent + "  ")
             continue

@@ -110,8 +110,10 @@ class BenchServer:
     """unichatd (or the bare relay) in a subprocess on a fresh database."""
 
     def __init__(self, workdir: Path, *, relay: bool, cpu: int | None, url: str | None = None,
-                 ping_interval: float | None = None) -> None:
+                 ping_interval: float | None = None, extra_config: str = "") -> None:
         self.workdir = workdir
+        self.extra_config = extra_config
+        """TOML appended to unichatd's config (whole tables: ``[api]``, ``[[webhooks]]``)."""
         self.relay = relay
         self.cpu = cpu
         self.ping_interval = ping_interval
@@ -149,6 +151,7 @@ class BenchServer:
                 f'[auth]\nsigning_key = "{BENCH_KEY}"\n[storage]\ndatabase = "{self.db_path}"\n'
                 "[limits]\nmessages_per_second = 1000000\nmessage_burst = 1000000\n"
                 "frames_per_second = 1000000\nframe_burst = 1000000\n[log]\nlevel = \"warning\"\n"
+                + self.extra_config
             )
             command = [sys.executable, "-m", "unichatd", "serve", "--config", str(config)]
         cpu = self.cpu

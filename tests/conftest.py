@@ -56,6 +56,8 @@ FILE_TIERS = {
     "test_web_serving.py": "socket", "test_lifecycle.py": "socket", "test_search_query.py": "unit",
     "test_people.py": "socket", "test_files.py": "socket", "test_web_people.py": "browser",
     "test_bench.py": "bench",
+    "test_api.py": "socket", "test_webhooks.py": "socket", "test_legacy.py": "socket", "test_signin.py": "socket",
+    "test_api_schema.py": "process", "test_web_signin.py": "browser",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
 

@@ -68,3 +68,16 @@ def test_quick_storm_reconnects_every_idle_connection_during_the_rate_run() -> N
     for run in summary.values():
         assert float(run["acked_per_s"]) > 0
         assert float(run["p50"]) <= float(run["p99"]) <= float(run["max"])
+
+
+def test_quick_webhooks_measures_with_and_without_a_receiver() -> None:
+    """The webhooks scenario runs fan-out without and with a webhook side by side, counts the
+    events the receiver took, and measures the server API's message posts."""
+    result = _bench("webhooks")
+    assert result["errors"] == 0
+    assert float(result["without_webhook"]["deliveries_per_s"]) > 0  # type: ignore[index]
+    assert float(result["with_webhook"]["deliveries_per_s"]) > 0  # type: ignore[index]
+    assert int(result["webhook_events_in_all"]) > 0  # type: ignore[call-overload]
+    api = result["api"]
+    assert isinstance(api, dict)
+    assert api["concurrent"]["posts"] == 2000

@@ -621,6 +621,29 @@ def test_check_config_rejects_bad_config(tmp_path: Path) -> None:
     assert "limits.bogus" in one_line(result.stderr)
 
 
+def test_init_writes_an_api_key_beside_the_config_and_check_config_reads_it(tmp_path: Path) -> None:
+    """`init` turns the server API on: a private key file the config names (api.md)."""
+    target = tmp_path / "etc" / "unichatd.toml"
+    target.parent.mkdir()
+    assert cli("init", "--config", str(target), cwd=tmp_path).returncode == 0
+    key_file = target.parent / "unichatd-api.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_text().strip()) >= 32
+    assert 'api_key_file = "unichatd-api.key"' in target.read_text()
+    assert cli("check-config", "--config", str(target), cwd=tmp_path).returncode == 0
+    key_file.unlink()
+    result = cli("check-config", "--config", str(target), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(target) in line
+    assert "api.api_key_file" in line
+    result = cli("check-config", "--config", str(write_toml(tmp_path / "w.toml", (
+        '[auth]\nsigning_key = "' + "k" * 40 + '"\n[[webhooks]]\nurl = "http://x/"\nevents = ["message_sent"]\n'
+        'secret = "' + "s" * 20 + '"\n'))), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "webhooks[0].events" in one_line(result.stderr)
+
+
 # -- serve on embedded defaults -----------------------------------------------------------
 
 

@@ -506,11 +506,13 @@ def test_example_config_equals_defaults_except_key() -> None:
 
 
 def test_rendered_config_equals_defaults_except_key(tmp_path: Path) -> None:
-    """The config written by `init` parses with the given key and otherwise the defaults."""
-    path = write(tmp_path / "u.toml", render_config("s" * 64))
+    """The config written by `init` parses with the given keys and otherwise the defaults."""
+    path = write(tmp_path / "u.toml", render_config("s" * 64, "api.key"))
     config = load_config(str(path))
     assert config.auth.signing_key == "s" * 64
-    without_key = dataclasses.replace(config, auth=dataclasses.replace(config.auth, signing_key=""))
+    assert config.api.api_key_file == "api.key"
+    without_key = dataclasses.replace(config, auth=dataclasses.replace(config.auth, signing_key=""),
+                                      api=dataclasses.replace(config.api, api_key_file=""))
     assert without_key == Config(source=str(path), base_dir=tmp_path)
 
 
@@ -530,3 +532,41 @@ def test_private_file_mode_ignores_permissive_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "u.key").stat().st_mode) == 0o600
+
+
+# -- [api] and [[webhooks]] (api.md) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "key", "says"), [
+    ({"api": {"api_key": "short"}}, "api.api_key", "32 bytes"),
+    ({"api": {"api_key": "k" * 32, "api_key_file": "x"}}, "api.api_key", "not both"),
+    ({"api": {"port": 70000}}, "api.port", "at most"),
+    ({"api": {"colour": 1}}, "api.colour", "unknown key"),
+    ({"webhooks": {"url": "x"}}, "webhooks", "array of tables"),
+    ({"webhooks": [{"url": "ftp://x", "events": ["message_created"], "secret": "s" * 16}]}, "webhooks[0].url",
+     "http"),
+    ({"webhooks": [{"url": "http://x/", "events": [], "secret": "s" * 16}]}, "webhooks[0].events", "non-empty"),
+    ({"webhooks": [{"url": "http://x/", "events": ["message_sent"], "secret": "s" * 16}]}, "webhooks[0].events",
+     "message_sent"),
+    ({"webhooks": [{"url": "http://x/", "events": ["room_created"], "secret": "short"}]}, "webhooks[0].secret",
+     "16 bytes"),
+    ({"webhooks": [{"url": "http://x/", "events": ["room_created"], "secret": "s" * 16, "retries": 3}]},
+     "webhooks[0].retries", "unknown key"),
+    ({"webhooks": [{"url": "http://x/", "events": ["room_created"], "secret": "s" * 16}] * 2}, "webhooks[1].url",
+     "duplicate"),
+])
+def test_api_and_webhooks_are_checked(raw: dict[str, Any], key: str, says: str) -> None:
+    error = refused(raw)
+    assert error.key == key
+    assert says in str(error)
+
+
+def test_webhooks_and_the_events_they_want() -> None:
+    config = parse({"webhooks": [
+        {"url": "http://a/", "events": ["room_created", "message_created"], "secret": "s" * 16},
+        {"url": "https://b/hook", "events": ["member_added"], "secret": "t" * 16},
+    ]})
+    assert [hook.url for hook in config.webhooks] == ["http://a/", "https://b/hook"]
+    assert config.webhook_events == {"room_created", "message_created", "member_added"}
+    assert parse({}).webhooks == ()
+    assert parse({}).api.port == 8001

@@ -186,11 +186,36 @@ class FakeStore:
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         return []
 
+    async def revocations(self) -> dict[int, int]:
+        return {}
+
     # Rooms from clients, users and files: tests/test_people.py and test_files.py cover them
     # over a real store.
 
-    def create_room(self, name: str, room_type: str, owner_id: int,
+    def create_room(self, name: str, room_type: str, owner_id: int | None,
                     member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]:
+        raise NotImplementedError
+
+    # The server API and webhooks: tests/test_api.py and test_webhooks.py over a real store.
+
+    def host_change_room(self, room_id: int, change: str, *, user_ids: Sequence[int] = (), name: str = "",
+                         owner_id: int | None = None) -> asyncio.Future[RoomChanged | Refusal]:
+        raise NotImplementedError
+
+    def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    async def webhook_cursors(self) -> tuple[dict[str, int], int]:
+        raise NotImplementedError
+
+    async def webhook_events(self, after_seq: int, events: Sequence[str],
+                             limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
+        raise NotImplementedError
+
+    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int:
         raise NotImplementedError
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:

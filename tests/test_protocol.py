@@ -455,11 +455,9 @@ def test_bad_refresh_token_is_invalid_message(token: Any) -> None:
     assert "token" in error.message
 
 
-def test_missing_refresh_token_is_invalid_message() -> None:
-    """refresh_token without a token field is refused naming 'token'."""
-    error = refused({"type": "refresh_token"})
-    assert error.code == "invalid_message"
-    assert "token" in error.message
+def test_refresh_token_without_a_token_field_asks_for_renewal() -> None:
+    """refresh_token without a token field asks the server to mint one (operations.md)."""
+    assert parse({"type": "refresh_token", "request_id": 3}) == RefreshToken(None, 3)
 
 
 @pytest.mark.parametrize("request_id", ["r" * 65, 1.5, True, False, None, ["r"], {"r": 1}, TOO_BIG])

@@ -18,6 +18,9 @@ class AdmittedConnection(AnswersPings):
 
     auth: Identity | AuthError | None = None
     """Set when the handshake is admitted under the connection limits."""
+    route: tuple[str, int] | None = None
+    """For the endpoints kept for one-socket-per-room clients (api.md): ``("room", id)``
+    or ``("notifications", user id)``; None on the unified endpoint."""
     release: ClassVar[Callable[[Identity | AuthError], None]]
     """Gives an admitted connection's place back; set on each server's own subclass (see
     :meth:`Admission.connection_class`), so an idle connection carries nothing more for it."""

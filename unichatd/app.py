@@ -18,6 +18,7 @@ import structlog
 from .auth import KeyRing
 from .config import Config
 from .hub import Hub
+from .keys import load_api_key
 from .server import UnichatServer
 from .store import SqliteStore
 
@@ -29,7 +30,8 @@ GC_THRESHOLD = 20_000
 def build_server(config: Config, keys: str | KeyRing, *, overrides: dict[str, Any] | None = None) -> UnichatServer:
     """A server on the store and broker the config asks for (not started)."""
     keyring = keys if isinstance(keys, KeyRing) else KeyRing.single(keys)
-    return UnichatServer(config, keyring, store=SqliteStore(config.database_path), broker=Hub(),
+    store = SqliteStore(config.database_path, webhook_events=config.webhook_events)
+    return UnichatServer(config, keyring, store=store, broker=Hub(), api_key=load_api_key(config),
                          overrides=overrides)
 
 

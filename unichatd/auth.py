@@ -7,6 +7,7 @@ is the close reason the server sends with code 4001.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ ALGORITHM = "HS256"
 COOKIE_NAME = "unichat_token"
 AUTH_REQUIRED = "authentication required"
 TOKEN_EXPIRED = "token expired"
+TOKEN_REVOKED = "token revoked"
 _MAX_USER_ID = 2**63 - 1
 _MAX_USER_ID_DIGITS = len(str(_MAX_USER_ID))
 MAX_EXPIRY = 253_402_300_799
@@ -35,6 +37,15 @@ class Identity:
     first_name: str
     expires_at: float
     """The token's ``exp``, in seconds since the epoch."""
+    issued_at: float | None = None
+    """The token's ``iat`` (None without one): revocation refuses tokens issued before it."""
+
+    def revoked(self, revoked_before_ms: int | None) -> bool:
+        """Whether a revocation at ``revoked_before_ms`` covers this token (one without
+        ``iat`` cannot show it is newer, so it is covered)."""
+        if revoked_before_ms is None:
+            return False
+        return self.issued_at is None or round(self.issued_at * 1000) <= revoked_before_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +85,11 @@ def mint_token(
 ) -> str:
     ring = key if isinstance(key, KeyRing) else KeyRing.single(key)
     kid, secret = ring.signing
-    now = int(time.time())
-    claims: dict[str, object] = {"sub": str(user_id), "name": username, "iat": now, "exp": now + ttl}
+    now = time.time()
+    # iat to the millisecond (RFC 7519 allows fractions): a token minted right after a
+    # revocation is not mistaken for one minted in the same second before it.
+    claims: dict[str, object] = {"sub": str(user_id), "name": username, "iat": math.floor(now * 1000) / 1000,
+                                 "exp": int(now) + ttl}
     if first_name:
         claims["first_name"] = first_name
     headers = {"kid": kid} if kid is not None else None
@@ -121,7 +135,10 @@ def verify_token(token: str, key: str | KeyRing) -> Identity:
     exp = claims["exp"]
     if not isinstance(exp, int | float) or isinstance(exp, bool) or not exp <= MAX_EXPIRY:
         raise AuthError(AUTH_REQUIRED)
-    return Identity(user_id=user_id, username=name, first_name=first_name, expires_at=float(exp))
+    iat = claims.get("iat")
+    issued_at = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    return Identity(user_id=user_id, username=name, first_name=first_name, expires_at=float(exp),
+                    issued_at=issued_at)
 
 
 def _encodable(text: str) -> bool:

@@ -20,9 +20,9 @@ from . import protocol
 from .auth import Identity, KeyRing
 from .clock import Clock, LoopClock, Timer
 from .config import Config
-from .errors import ClientError, ErrorCode, RateLimited
+from .errors import ClientError, CloseCode, ErrorCode, RateLimited
 from .files import FileStore
-from .interfaces import Broker, Connection, MessageStore
+from .interfaces import Broker, Connection, Listener, MessageStore
 from .limits import TokenBucket
 from .log import switches
 from .maintenance import MembershipFeed, Retention
@@ -82,6 +82,10 @@ class Chat:
         self._typing: dict[tuple[int, int], Timer] = {}
         self._leaving: dict[tuple[int, int], set[Connection]] = {}
         """(room, user) → the connections whose leave_room is under way: their replies tell them."""
+        self.revocations: dict[int, int] = {}
+        """user id → ms before which their tokens are refused (api.md, revoke)."""
+        self.listeners: dict[int, set[Listener]] = {}
+        """user id → their notification-only connections (api.md, /ws/notifications/)."""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -89,6 +93,7 @@ class Chat:
         self.files.open()
         snapshot = await self.store.load_rooms()
         self.directory.apply(snapshot)
+        self.revocations = await self.store.revocations()
         self.presence.load(snapshot.last_seen)
         self.membership.start(snapshot.membership_log_id)
         self.retention.start()
@@ -138,6 +143,34 @@ class Chat:
                 if typer == user_id:
                     self._stop_typing(room_id, user_id, connection.identity.username)
 
+    def is_revoked(self, identity: Identity) -> bool:
+        return identity.revoked(self.revocations.get(identity.user_id))
+
+    def listen(self, listener: Listener) -> None:
+        self.listeners.setdefault(listener.user_id, set()).add(listener)
+
+    def stop_listening(self, listener: Listener) -> None:
+        listeners = self.listeners.get(listener.user_id)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self.listeners[listener.user_id]
+
+    def notify(self, user_id: int, frame: bytes) -> int:
+        """A ``notification`` to every connection of the user; returns how many got it."""
+        count = self.broker.publish_to_user(user_id, frame)
+        for listener in tuple(self.listeners.get(user_id, ())):
+            listener.send(frame)
+            count += 1
+        return count
+
+    def close_user(self, user_id: int, reason: str) -> None:
+        """Close every connection of the user with 4001 (a revocation)."""
+        for connection in tuple(self.broker.connections_of(user_id)):
+            connection.close(CloseCode.AUTH, reason)
+        for listener in tuple(self.listeners.get(user_id, ())):
+            listener.close(CloseCode.AUTH, reason)
+
     def _forget_bucket_when_full(self, user_id: int) -> None:
         """Drop an offline user's send bucket once it has refilled (it then holds nothing).
 
@@ -178,7 +211,7 @@ class Chat:
         for change in changes:
             room_id, user_id = change.room_id, change.user_id
             if user_id is None:
-                if change.change == "rename":
+                if change.change in ("rename", "owner"):
                     renamed.add(room_id)
                 continue
             relisted.add(room_id)
@@ -250,14 +283,14 @@ class Chat:
         self.check_access(room_id, user_id)
         return self.directory.mentioned(room_id, content)[0]
 
-    def message_stored(self, connection: Connection, stored: Stored, wire: bytes) -> None:
+    def message_stored(self, stored: Stored, wire: bytes, conn_id: int | None = None) -> None:
         """After the commit (and the sender's ack): fan the new message out."""
         if not stored.created:
             return
         message = stored.message
         self.stats.messages_stored += 1
         if switches.debug:
-            log.debug("message.stored", conn_id=connection.conn_id, user_id=message.sender_id,
+            log.debug("message.stored", conn_id=conn_id, user_id=message.sender_id,
                       room_id=message.room_id, message_id=message.id)
         self.directory.record_message(message)
         if (message.room_id, message.sender_id) in self._typing:

@@ -76,6 +76,8 @@ class AuthConfig:
     token_ttl: int = 86400
     signing_keys: tuple[NamedKey, ...] = ()
     """Keys with ids (tokens carry ``kid``); the last one signs, all of them verify."""
+    renewable: bool = True
+    """``refresh_token`` without a token mints a new one (operations.md, sign-in links)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,29 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The server API's own listener (api.md); off while no key is configured."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    api_key: str = ""
+    api_key_file: str = ""
+
+
+WEBHOOK_EVENTS = ("message_created", "message_updated", "message_deleted", "room_created", "member_added",
+                  "member_removed")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` entry: where events go, which, and the key that signs them."""
+
+    url: str
+    events: tuple[str, ...]
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "json"
@@ -128,6 +153,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
     source: str = EMBEDDED
     """The file this config came from, or ``<embedded defaults>``."""
     base_dir: Path = field(default_factory=Path.cwd)
@@ -141,6 +168,21 @@ class Config:
     def files_path(self) -> Path:
         files_dir = self.storage.files_dir
         return self.resolve(files_dir) if files_dir else files_beside(self.database_path)
+
+    @property
+    def webhook_events(self) -> frozenset[str]:
+        """Every event some webhook wants."""
+        return frozenset(event for webhook in self.webhooks for event in webhook.events)
+
+    @property
+    def public_url(self) -> str:
+        """Where people reach the chat port: ``server.public_url``, else ``http(s)://<host>:<port>``."""
+        server = self.server
+        if server.public_url:
+            return server.public_url.rstrip("/")
+        host = server.host if server.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if server.tls_cert else 'http'}://{host}:{server.port}"
 
     @property
     def key_path(self) -> Path:
@@ -163,11 +205,13 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": LimitsConfig,
     "rooms": RoomsConfig,
     "log": LogConfig,
+    "api": ApiConfig,
 }
 
 # Range rules: key -> (minimum, maximum); None means unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "server.port": (0, 65535),
+    "api.port": (0, 65535),
     "server.max_message_bytes": (64, 64 * 1024 * 1024),
     "server.ping_interval": (0, 3600),
     "server.ping_timeout": (0, 3600),
@@ -227,6 +271,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
     """Validate a decoded TOML document into a :class:`Config`."""
     sections: dict[str, Any] = {}
     for name, value in raw.items():
+        if name == "webhooks":
+            sections[name] = _webhooks(value, source)
+            continue
         if name not in _SECTIONS:
             raise ConfigError(source, name, "unknown section")
         if not isinstance(value, dict):
@@ -242,6 +289,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
     if bool(config.server.tls_cert) != bool(config.server.tls_key):
         key = "server.tls_key" if config.server.tls_cert else "server.tls_cert"
         raise ConfigError(source, key, "set tls_cert and tls_key together")
+    if config.api.api_key and config.api.api_key_file:
+        raise ConfigError(source, "api.api_key", "set api_key or api_key_file, not both")
+    if config.api.api_key and len(config.api.api_key.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(source, "api.api_key", f"must be at least {MIN_KEY_BYTES} bytes")
     if config.server.public_url and _url_origin(config.server.public_url) is None:
         raise ConfigError(source, "server.public_url", "must be an http:// or https:// URL, "
                                                        "e.g. https://chat.example.com")
@@ -337,16 +388,43 @@ def _room_days(value: Any, source: str) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(result))
 
 
-def _named_keys(value: Any, source: str) -> tuple[NamedKey, ...]:
-    key_name = "auth.signing_keys"
+def _tables(value: Any, source: str, key_name: str, allowed: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """An array of tables (``[[key_name]]``), each as (where, table), unknown keys refused."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ConfigError(source, key_name, "must be an array of tables ([[auth.signing_keys]])")
-    keys: list[NamedKey] = []
+        raise ConfigError(source, key_name, f"must be an array of tables ([[{key_name}]])")
+    tables = []
     for index, item in enumerate(value):
         where = f"{key_name}[{index}]"
-        unknown = set(item) - {"id", "key", "key_file"}
+        unknown = set(item) - allowed
         if unknown:
             raise ConfigError(source, f"{where}.{sorted(unknown)[0]}", "unknown key")
+        tables.append((where, item))
+    return tables
+
+
+def _webhooks(value: Any, source: str) -> tuple[WebhookConfig, ...]:
+    hooks: list[WebhookConfig] = []
+    for where, item in _tables(value, source, "webhooks", {"url", "events", "secret"}):
+        url, events, secret = item.get("url"), item.get("events"), item.get("secret")
+        if not isinstance(url, str) or _url_origin(url) is None:
+            raise ConfigError(source, f"{where}.url", "must be an http:// or https:// URL")
+        if any(hook.url == url for hook in hooks):
+            raise ConfigError(source, f"{where}.url", f"duplicate webhook URL {url!r}")
+        if not isinstance(events, list) or not events or not all(isinstance(event, str) for event in events):
+            raise ConfigError(source, f"{where}.events", "must be a non-empty list of event names")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(source, f"{where}.events",
+                                  f"unknown event {event!r}; one of " + ", ".join(WEBHOOK_EVENTS))
+        if not isinstance(secret, str) or len(secret.encode()) < 16:
+            raise ConfigError(source, f"{where}.secret", "must be a string of at least 16 bytes")
+        hooks.append(WebhookConfig(url, tuple(dict.fromkeys(events)), secret))
+    return tuple(hooks)
+
+
+def _named_keys(value: Any, source: str) -> tuple[NamedKey, ...]:
+    keys: list[NamedKey] = []
+    for where, item in _tables(value, source, "auth.signing_keys", {"id", "key", "key_file"}):
         kid, key, key_file = item.get("id"), item.get("key", ""), item.get("key_file", "")
         if not isinstance(kid, str) or not kid:
             raise ConfigError(source, f"{where}.id", "must be a non-empty string")
@@ -411,7 +489,8 @@ tls_key = ""                      # PEM private key of tls_cert
 [auth]
 signing_key = "{signing_key}"  # HS256 key, at least 32 bytes; or:
 # signing_key_file = "unichatd.key"  # a file holding the key (the default when neither is set)
-token_ttl = 86400                 # default lifetime of `unichatd token`, in seconds
+token_ttl = 86400                 # default lifetime of `unichatd token` and `invite`, in seconds
+renewable = true                  # clients may renew their token (refresh_token without a token)
 # Key rotation: keys with ids; tokens carry the id as `kid`; the last entry signs new
 # tokens, every entry (and signing_key, if set) verifies. SIGHUP reloads them.
 # [[auth.signing_keys]]
@@ -441,8 +520,19 @@ presence_max_members = 100        # presence changes reach those sharing a room 
 [log]
 level = "info"                    # debug, info, warning, error
 format = "json"                   # "json" (one object a line) or "console"
+
+[api]                             # the server API for your application (HTTP, JSON)
+host = "127.0.0.1"
+port = 8001
+api_key_file = "{api_key_file}"   # written by `unichatd init`; or api_key = "..." (at least 32 bytes)
+
+# Webhooks: unichatd POSTs events to your application, signed with the secret.
+# [[webhooks]]
+# url = "https://app.example.com/chat-events"
+# events = ["message_created", "room_created", "member_added", "member_removed"]
+# secret = "a long random string"
 '''
 
 
-def render_config(signing_key: str) -> str:
-    return CONFIG_TEMPLATE.replace("{signing_key}", signing_key)
+def render_config(signing_key: str, api_key_file: str) -> str:
+    return CONFIG_TEMPLATE.replace("{signing_key}", signing_key).replace("{api_key_file}", api_key_file)

@@ -22,10 +22,11 @@ from websockets.http11 import Request, Response
 
 from . import routes
 from .admission import Admission, AdmittedConnection
-from .auth import AUTH_REQUIRED, Identity, bearer_token, token_from_handshake, verify_token
+from .auth import AUTH_REQUIRED, TOKEN_REVOKED, Identity, bearer_token, token_from_handshake, verify_token
 from .chat import Chat
 from .config import Config
 from .errors import AuthError, BadRequest
+from .protocol.requests import MAX_ID
 from .webclient import WebClientFiles
 
 log = structlog.get_logger("unichatd.server")
@@ -70,6 +71,15 @@ class Endpoints:
             if request.method != "GET":
                 return routes.method_not_allowed({"GET"})
             return self._check_handshake(connection, request)
+        legacy = self._legacy_route(path)
+        if legacy is not None:
+            if request.method != "GET":
+                return routes.method_not_allowed({"GET"})
+            refusal = self._check_handshake(connection, request)
+            if refusal is None:
+                assert isinstance(connection, AdmittedConnection)
+                connection.route = legacy
+            return refusal
         if upgrade is not None and upgrade.lower() == "websocket":
             # A WebSocket handshake anywhere else is refused, whatever plain GET serves there.
             return routes.not_found()
@@ -98,6 +108,18 @@ class Endpoints:
         return routes.respond(http.HTTPStatus.OK, generate_latest(self._registry),
                               "text/plain; version=0.0.4; charset=utf-8", head=head)
 
+    def _legacy_route(self, path: str) -> tuple[str, int] | None:
+        """``<path>/<room_id>/`` and ``<parent of path>/notifications/<user_id>/`` (api.md:
+        by default ``/ws/chat/12/`` and ``/ws/notifications/42/``)."""
+        base = self.config.server.path.rstrip("/")
+        for prefix, kind in ((base + "/", "room"), (base.rsplit("/", 1)[0] + "/notifications/", "notifications")):
+            if path.startswith(prefix):
+                rest = path[len(prefix):]
+                rest = rest[:-1] if rest.endswith("/") else rest
+                if rest.isascii() and rest.isdecimal() and 0 < len(rest) < 20 and 1 <= int(rest) <= MAX_ID:
+                    return kind, int(rest)
+        return None
+
     def _session(self, request: Request) -> Response:
         """``GET /session`` with a Bearer token sets the web client's HttpOnly cookie;
         ``DELETE /session`` clears it (signing out)."""
@@ -115,6 +137,8 @@ class Endpoints:
             if token is None:
                 raise AuthError(AUTH_REQUIRED)
             identity = verify_token(token, self._chat.keyring)
+            if self._chat.is_revoked(identity):
+                raise AuthError(TOKEN_REVOKED)
         except AuthError as exc:
             return routes.error(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.reason,
                                 extra=[("WWW-Authenticate", "Bearer")])
@@ -135,6 +159,8 @@ class Endpoints:
         try:
             identity = verify_token(token, self._chat.keyring)
         except AuthError:
+            return routes.not_found(head)
+        if self._chat.is_revoked(identity):
             return routes.not_found(head)
         chat = self._chat
         found = await chat.files.readable(int(file_id), unquote(name), identity.user_id,
@@ -186,6 +212,8 @@ class Endpoints:
             if token is None:
                 raise AuthError(AUTH_REQUIRED)
             auth = verify_token(token, self._chat.keyring)
+            if self._chat.is_revoked(auth):
+                raise AuthError(TOKEN_REVOKED)
         except AuthError as exc:
             auth = exc  # (admitted, to be closed with 4001 and the reason once open)
         else:

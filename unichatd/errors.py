@@ -50,6 +50,8 @@ class CloseCode(enum.IntEnum):
     """Keepalive ping timeout, or the database cannot serve the connection."""
     AUTH = 4001
     """No token, a bad one, or one that expired."""
+    ACCESS_DENIED = 4003
+    """A legacy per-room or notifications endpoint the token may not open (api.md)."""
 
 
 NOT_A_PARTICIPANT = "you are not a participant of this room"

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from .auth import Identity
+from .errors import CloseCode
 from .metrics import Histogram
 from .models import (
     Change,
@@ -73,8 +74,18 @@ class MessageStore(Protocol):
     def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
         """(user id, ms) pairs: when each user's last connection closed."""
 
-    def create_room(self, name: str, room_type: str, owner_id: int,
+    def create_room(self, name: str, room_type: str, owner_id: int | None,
                     member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]: ...
+
+    def host_change_room(self, room_id: int, change: str, *, user_ids: Sequence[int] = (), name: str = "",
+                         owner_id: int | None = None) -> asyncio.Future[RoomChanged | Refusal]:
+        """A change with the host's authority (``unichatd room``, the server API): ``add``,
+        ``remove``, ``rename`` or ``owner``; refused for a missing or (members) a direct room."""
+
+    def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]: ...
+
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
+        """Move receivers' cursors, and delete the events every receiver has taken."""
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
         """The pair's one direct room, created on first use (also when both ask at once)."""
@@ -110,6 +121,19 @@ class MessageStore(Protocol):
         (``other_rooms``: every room not searched, which may be the shorter list to name)."""
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
+
+    async def revocations(self) -> dict[int, int]:
+        """user id → the ms before which their tokens are refused."""
+
+    async def webhook_cursors(self) -> tuple[dict[str, int], int]:
+        """Each receiver's cursor (by URL), and the newest event's seq."""
+
+    async def webhook_events(self, after_seq: int, events: Sequence[str],
+                             limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
+        """(seq, event, body, created_ms) of the events after ``after_seq`` of these kinds, in
+        order, and the seq up to which there is no other event of these kinds."""
+
+    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int: ...
 
     async def find_users(self, query: str, limit: int) -> list[UserInfo]:
         """Users whose username or first name starts with ``query``, any case."""
@@ -147,6 +171,20 @@ class Connection(Subscriber, Protocol):
 
     def apply_limits(self) -> None:
         """Adopt the current config's per-connection limits."""
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close the connection (after the replies it is owed)."""
+
+
+class Listener(Protocol):
+    """A notification-only connection (api.md, ``/ws/notifications/<user_id>/``)."""
+
+    @property
+    def user_id(self) -> int: ...
+
+    def send(self, frame: bytes) -> None: ...
+
+    def close(self, code: CloseCode, reason: str) -> None: ...
 
 
 S = TypeVar("S", bound=Subscriber)

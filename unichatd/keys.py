@@ -36,6 +36,24 @@ def load_signing_key(config: Config, *, create: bool) -> str:
     return key
 
 
+def load_api_key(config: Config) -> str | None:
+    """The server API's key (inline or from ``api.api_key_file``), or None: the API is off."""
+    api = config.api
+    if api.api_key:
+        return api.api_key
+    if not api.api_key_file:
+        return None
+    path = config.resolve(api.api_key_file)
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(config.source, "api.api_key_file",
+                          f"cannot read key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(key.encode()) < MIN_KEY_BYTES:
+        raise ConfigError(config.source, "api.api_key_file", f"key in {path} must be at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
 def load_keyring(config: Config, *, create: bool) -> KeyRing:
     """Every key tokens are checked against; see :class:`~unichatd.auth.KeyRing`."""
     named = config.auth.signing_keys

@@ -84,6 +84,8 @@ class NewMessage:
     thread_root_id: int | None = None
     mentions: tuple[int, ...] = ()
     attachments: tuple[FileRef, ...] = ()
+    message_type: str = "text"
+    """``system`` for messages the host application posts without a sender (api.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -26,18 +26,24 @@ from websockets.exceptions import ConnectionClosed
 
 from . import systemd
 from .admission import Admission, AdmittedConnection
-from .auth import AUTH_REQUIRED, Identity, KeyRing
+from .auth import AUTH_REQUIRED, TOKEN_REVOKED, Identity, KeyRing
 from .chat import Chat
 from .config import EMBEDDED, Config, load_tls, with_overrides
 from .endpoints import Endpoints
-from .errors import AuthError, CloseCode, ConfigError, StoreError
+from .errors import AuthError, ClientError, CloseCode, ConfigError, StoreError
+from .host import HostActions
 from .instance import Instance, InstanceLock
 from .interfaces import Broker, MessageStore
 from .keepalive import Keepalive
 from .metrics import LoopLagMonitor
 from .prometheus import MetricsCollector
-from .session import Session
+from .session import NotificationListener, Session
+from .stats import ApiStats, WebhookStats
 from .transport import CLOSE_TIMEOUT, ConnectionSink, Corks, close_bounded, remote_address
+from .webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from .api import ServerApi
 
 log = structlog.get_logger("unichatd.server")
 
@@ -50,7 +56,7 @@ class UnichatServer:
     """A running unichatd: store, broker, chat service, listening socket."""
 
     def __init__(self, config: Config, keyring: KeyRing, *, store: MessageStore, broker: Broker[Any],
-                 overrides: dict[str, Any] | None = None) -> None:
+                 api_key: str | None = None, overrides: dict[str, Any] | None = None) -> None:
         self.config = config
         self.overrides = overrides or {}
         """``serve``'s command-line options (host, port, database), kept over a reload."""
@@ -68,8 +74,16 @@ class UnichatServer:
                            if config.server.ping_interval else None)
         self.admission = Admission()
         self.loop_lag = LoopLagMonitor()
+        api_stats, webhook_stats = ApiStats(), WebhookStats()
+        self.api: ServerApi | None = None
+        """The server API's listener (api.md): only with an API key (aiohttp is loaded then)."""
+        if api_key:
+            from .api import ServerApi
+
+            self.api = ServerApi(HostActions(self.chat), config.api, api_key, api_stats)
+        self.webhooks = Webhooks(store, config.webhooks, webhook_stats)
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(MetricsCollector(self.chat.stats, broker, store, self.loop_lag))
+        registry.register(MetricsCollector(self.chat.stats, broker, store, self.loop_lag, api_stats, webhook_stats))
         self.endpoints = Endpoints(
             self.chat, admission=self.admission, registry=registry,
             health=lambda: self.chat.health(time.monotonic() - self._started), tls=self._tls is not None,
@@ -102,6 +116,9 @@ class UnichatServer:
                         await self._ws.wait_closed()
             for task in tuple(self._tasks):
                 task.cancel()
+            if self.api is not None:
+                await self.api.stop()
+            await self.webhooks.stop()
             await self.chat.stop()
             await self.store.close()
             self._lock.release()
@@ -115,6 +132,7 @@ class UnichatServer:
         # 2. the database (migrated) and the in-memory room directory;
         await self.store.open()
         await self.chat.start()
+        await self.webhooks.start()
         # 3. the listening socket, not accepting yet;
         self._ws = await serve(
             self._handle,
@@ -133,6 +151,13 @@ class UnichatServer:
             ssl=self._tls,
         )
         self._lock.publish(self._instance(self.port))
+        if self.api is not None:
+            try:
+                await self.api.start()
+            except OSError as exc:
+                api = self.config.api
+                raise ConfigError(self.config.source, "api.port",
+                                  f"cannot listen on {api.host}:{api.port}: {exc.strerror or exc}") from None
         self.spawn(self.loop_lag.run())
         # 4. the pid file goes first, so whoever sees the port open finds it too; then
         #    accept, and tell systemd.
@@ -160,6 +185,8 @@ class UnichatServer:
         acknowledged before the 1001 close)."""
         systemd.notify_systemd("STOPPING=1")
         log.info("server.stopping")
+        if self.api is not None:
+            await self.api.stop()
         if self._ws is not None:
             # 1. stop accepting (handshakes still in progress get 503);
             self._ws.close(close_connections=False)
@@ -190,6 +217,7 @@ class UnichatServer:
         if self._keepalive is not None:
             self._keepalive.stop()
         await self.chat.stop()
+        await self.webhooks.stop()
         for task in tuple(self._tasks):
             task.cancel()
         # 6. anything still queued is written, then the database is closed, then the lock freed.
@@ -225,11 +253,15 @@ class UnichatServer:
         fixed = [name for name in _RESTART_KEYS if getattr(new_server, name) != getattr(old_server, name)]
         if fresh.database_path != current.database_path:
             fixed.append("storage.database")
+        if fresh.api != current.api:
+            fixed.append("api")
+        if fresh.webhooks != current.webhooks:
+            fixed.append("webhooks")
         if fixed:
             log.warning("config.reload_needs_restart", keys=fixed)
         server = dataclasses.replace(new_server, **{name: getattr(old_server, name) for name in _RESTART_KEYS})
-        self.config = dataclasses.replace(fresh, server=server, storage=current.storage,
-                                          base_dir=current.base_dir)
+        self.config = dataclasses.replace(fresh, server=server, storage=current.storage, api=current.api,
+                                          webhooks=current.webhooks, base_dir=current.base_dir)
         self.keyring = keyring
         self._corks.send_buffer_bytes = self.config.server.send_buffer_bytes
         self.chat.reconfigure(self.config, keyring)
@@ -246,6 +278,14 @@ class UnichatServer:
             log.info("connection.rejected", reason=reason)
             await connection.close(CloseCode.AUTH, reason)
             return
+        route = connection.route
+        if route is not None:
+            if not await self._may_open(route, auth):
+                await close_bounded(connection, CloseCode.ACCESS_DENIED, "access denied")
+                return
+            if route[0] == "notifications":
+                await self._listen(connection, auth)
+                return
         conn_id = next(self._conn_ids)
         sink = ConnectionSink(connection, self._corks)
         session = Session(conn_id, auth, sink, self.chat)
@@ -262,6 +302,13 @@ class UnichatServer:
         if self._keepalive is not None:
             self._keepalive.watch(sink)
         try:
+            if self.chat.is_revoked(auth):  # (revoked while it opened: close_user did not see it yet)
+                session.close(CloseCode.AUTH, TOKEN_REVOKED)
+            elif route is not None:
+                try:
+                    await session.subscribe_at_open(route[1])
+                except ClientError as exc:  # (removed from the room in the meantime)
+                    session.send_error(exc)
             async for frame in connection:
                 if isinstance(frame, str):
                     await session.handle_text(frame)
@@ -273,6 +320,36 @@ class UnichatServer:
             session.closed_by_peer()
             log.info("connection.closed", conn_id=conn_id, user_id=auth.user_id, code=connection.close_code,
                      reason=connection.close_reason)
+
+
+    async def _may_open(self, route: tuple[str, int], identity: Identity) -> bool:
+        """The endpoints kept for one-socket-per-room clients (api.md): the room must be
+        the user's, the notifications their own."""
+        kind, target = route
+        if kind == "notifications":
+            return target == identity.user_id
+        try:
+            await self.chat.ensure_access(target, identity.user_id)
+        except ClientError:
+            return False
+        return True
+
+    async def _listen(self, connection: AdmittedConnection, identity: Identity) -> None:
+        sink = ConnectionSink(connection, self._corks)
+        listener = NotificationListener(identity, sink, self.chat)
+        _forget_handshake(connection)
+        listener.open()
+        if self.chat.is_revoked(identity):
+            listener.close(CloseCode.AUTH, TOKEN_REVOKED)
+        if self._keepalive is not None:
+            self._keepalive.watch(sink)
+        try:
+            async for _frame in connection:
+                pass  # (a notification-only connection takes no requests)
+        except ConnectionClosed:
+            pass
+        finally:
+            listener.closed_by_peer()
 
 
 _NO_HEADERS = Headers()

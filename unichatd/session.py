@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from . import protocol
-from .auth import TOKEN_EXPIRED, Identity, verify_token
+from .auth import TOKEN_EXPIRED, Identity, mint_token, verify_token
 from .catchup import CatchUp
 from .chat import Chat
 from .clock import Timer
@@ -352,6 +352,10 @@ class Session:
         if catch_up.finished and self._catch_ups.get(room_id) is catch_up:
             del self._catch_ups[room_id]
 
+    async def subscribe_at_open(self, room_id: int) -> None:
+        """The per-room endpoint's subscription (api.md): as a ``subscribe_room`` would."""
+        await self._subscribe(protocol.Subscribe(room_id, None))
+
     async def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         await self.chat.ensure_access(request.room_id, self.user_id)
         self.chat.broker.unsubscribe(request.room_id, self)
@@ -379,7 +383,7 @@ class Session:
         stored = future.result()
         wire = protocol.encoded_message(stored.message)
         self._fulfil(slot, protocol.message_ack_frame(stored.message, request.request_id, wire))
-        self.chat.message_stored(self, stored, wire)
+        self.chat.message_stored(stored, wire, self.conn_id)
 
     def _mark_read(self, request: protocol.MarkRead) -> Awaitable[None]:
         return self.chat.mark_read(self, request, partial(self._read_marked, request))
@@ -412,14 +416,30 @@ class Session:
                                           truncated=truncated))
 
     async def _refresh_token(self, request: protocol.RefreshToken) -> None:
+        chat = self.chat
+        if request.token is None:
+            # Renewal (operations.md, sign-in links): the same claims, a new lifetime.
+            if not chat.config.auth.renewable:
+                raise ClientError(ErrorCode.FORBIDDEN, "this server does not renew tokens; sign in again")
+            if chat.is_revoked(self.identity):
+                raise ClientError(ErrorCode.FORBIDDEN, "token revoked")
+            current = self.identity
+            token = mint_token(chat.keyring, current.user_id, current.username, first_name=current.first_name,
+                               ttl=chat.config.auth.token_ttl)
+            self.identity = verify_token(token, chat.keyring)
+            self._schedule_expiry()
+            self.reply(protocol.token_refreshed_frame(self.identity.expires_at, request.request_id, token))
+            return
         try:
-            identity = verify_token(request.token, self.chat.keyring)
+            identity = verify_token(request.token, chat.keyring)
         except AuthError as exc:
             raise ClientError(ErrorCode.INVALID_MESSAGE, f"token refused: {exc.reason}") from None
         if identity.user_id != self.user_id:
             raise ClientError(ErrorCode.INVALID_MESSAGE, "token refused: it is for another user")
+        if chat.is_revoked(identity):
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "token refused: token revoked")
         # A new name in the token is the user's name from now on, in history too.
-        await self.chat.remember_user(identity)
+        await chat.remember_user(identity)
         self.identity = identity
         self._schedule_expiry()
         self.reply(protocol.token_refreshed_frame(identity.expires_at, request.request_id))
@@ -518,6 +538,44 @@ class Session:
             identity.user_id, identity.username, identity.first_name,
             tuple(self.chat.broker.rooms_of(self)), identity.expires_at, request.request_id,
         ))
+
+
+class NotificationListener:
+    """A notification-only connection (api.md, ``/ws/notifications/<user_id>/``): it
+    hears ``connection_established`` and the user's ``notification`` frames, nothing
+    else, and what its peer sends is ignored."""
+
+    __slots__ = ("user_id", "_chat", "_sink", "_expiry", "_identity", "closed")
+
+    def __init__(self, identity: Identity, sink: Sink, chat: Chat) -> None:
+        self.user_id = identity.user_id
+        self._identity = identity
+        self._chat = chat
+        self._sink = sink
+        self._expiry: Timer | None = None
+        self.closed = False
+
+    def open(self) -> None:
+        self._chat.listen(self)
+        clock = self._chat.clock
+        self._expiry = clock.call_later(max(0.0, self._identity.expires_at - clock.time()),
+                                        self.close, CloseCode.AUTH, TOKEN_EXPIRED)
+        self.send(protocol.connection_established_frame(self.user_id, self._identity.username))
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self._sink.send(frame)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sink.close(code, reason)
+
+    def closed_by_peer(self) -> None:
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._chat.stop_listening(self)
 
 
 _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--first-name", default="", metavar="F")
     token.add_argument("--ttl", type=_positive_int, metavar="SECONDS")
 
+    invite = commands.add_parser("invite", parents=[config_option],
+                                 help="print a sign-in link for the web client")
+    invite.add_argument("user_id", type=_positive_int, metavar="USER_ID")
+    invite.add_argument("--name", required=True, metavar="USERNAME")
+    invite.add_argument("--first-name", default="", metavar="F")
+    invite.add_argument("--ttl", type=_positive_int, metavar="SECONDS")
+
     room = commands.add_parser("room", parents=[config_option], help="manage rooms")
     room_commands = room.add_subparsers(dest="room_command", required=True, metavar="ACTION")
     create = room_commands.add_parser("create", parents=[config_option], help="create a room")
@@ -183,6 +190,7 @@ _COMMANDS = {
     "serve": local.serve,
     "check-config": local.check_config,
     "token": local.token,
+    "invite": local.invite,
     "room": local.room,
     "backup": local.backup,
     "export": local.export,

@@ -14,7 +14,7 @@ from ..auth import mint_token
 from ..config import EMBEDDED, Config, files_beside, load_tls, render_config, with_overrides
 from ..errors import CommandFailed, ConfigError
 from ..files import copy_files
-from ..keys import load_keyring, write_private_file
+from ..keys import load_api_key, load_keyring, write_private_file
 from ..store import AdminStore
 
 EXIT_OK = 0
@@ -23,12 +23,26 @@ ROOM_TYPES = ("group", "direct")
 BACKUP_PREFIX = "unichatd-"
 
 
+API_KEY_FILE = "unichatd-api.key"
+
+
 def init(config_path: str | None) -> int:
+    """Write a commented config holding a fresh signing key, and the server API's key in
+    a file of its own beside it (both mode 0600)."""
     import secrets
 
     path = Path(config_path or "unichatd.toml")
+    api_key_path = path.parent / API_KEY_FILE
+    if path.exists():
+        raise ConfigError(str(path), None, "already exists; refusing to overwrite")
     try:
-        write_private_file(path, render_config(secrets.token_hex(32)))
+        write_private_file(api_key_path, secrets.token_urlsafe(32) + "\n")
+    except FileExistsError:
+        pass  # (kept: an application may already use it)
+    except OSError as exc:
+        raise CommandFailed(f"cannot write {api_key_path}: {exc.strerror}") from None
+    try:
+        write_private_file(path, render_config(secrets.token_hex(32), API_KEY_FILE))
     except FileExistsError:
         raise ConfigError(str(path), None, "already exists; refusing to overwrite") from None
     except OSError as exc:
@@ -62,6 +76,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
 def check_config(config: Config, args: argparse.Namespace) -> int:
     load_keyring(config, create=False)
     load_tls(config)
+    load_api_key(config)
     print(f"{config.source}: ok", file=sys.stderr)
     return EXIT_OK
 
@@ -70,6 +85,16 @@ def token(config: Config, args: argparse.Namespace) -> int:
     keys = load_keyring(config, create=True)
     ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
     print(mint_token(keys, args.user_id, args.name, first_name=args.first_name, ttl=ttl))
+    return EXIT_OK
+
+
+def invite(config: Config, args: argparse.Namespace) -> int:
+    """A sign-in link for the web client: the token rides in the fragment, which browsers
+    never send to a server (nor put in a Referer)."""
+    keys = load_keyring(config, create=True)
+    ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
+    token = mint_token(keys, args.user_id, args.name, first_name=args.first_name, ttl=ttl)
+    print(f"{config.public_url}/#token={token}")
     return EXIT_OK
 
 

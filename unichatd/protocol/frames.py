@@ -53,7 +53,8 @@ def message_object(message: Message) -> dict[str, Any]:
         "id": message.id,
         "room_id": message.room_id,
         "content": message.content,
-        "sender": {
+        # A system message (posted by the host application) has no sender.
+        "sender": None if message.message_type == "system" else {
             "id": message.sender_id,
             "username": message.sender_username,
             "first_name": message.sender_first_name,
@@ -293,10 +294,17 @@ def pong_frame(request_id: RequestId) -> bytes:
     return encode("pong", {}, request_id)
 
 
-def token_refreshed_frame(expires_at: float, request_id: RequestId) -> bytes:
-    return encode(
-        "token_refreshed", {"expires_at": format_timestamp(int(expires_at * 1000))}, request_id
-    )
+def token_refreshed_frame(expires_at: float, request_id: RequestId, token: str | None = None) -> bytes:
+    """``token``: the new token, when the server minted it (a renewal)."""
+    fields: dict[str, Any] = {"expires_at": format_timestamp(int(expires_at * 1000))}
+    if token is not None:
+        fields["token"] = token
+    return encode("token_refreshed", fields, request_id)
+
+
+def notification_frame(payload: bytes) -> bytes:
+    """``payload``: the host application's JSON object, already encoded."""
+    return b'{"type":"notification","payload":%b,"timestamp":"%b"}' % (payload, format_timestamp(now_ms()).encode())
 
 
 # What `help` answers: every request type, its fields, and its reply (for people at wscat).
@@ -318,7 +326,8 @@ REQUEST_HELP: dict[str, dict[str, Any]] = {
     "get_history": {"fields": {"room_id": "int", "before_id": "int, optional",
                                "after_id": "int, optional", "limit": "1..100, default 50"},
                     "reply": "history"},
-    "refresh_token": {"fields": {"token": "string"}, "reply": "token_refreshed"},
+    "refresh_token": {"fields": {"token": "string, optional (without it: the server renews the token)"},
+                      "reply": "token_refreshed"},
     "edit_message": {"fields": {"room_id": "int", "message_id": "int", "content": "string"},
                      "reply": "message_updated"},
     "delete_message": {"fields": {"room_id": "int", "message_id": "int"}, "reply": "message_deleted"},

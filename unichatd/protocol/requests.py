@@ -289,9 +289,9 @@ class WhoAmI:
 
 @dataclass(frozen=True, slots=True)
 class RefreshToken:
-    """``refresh_token``: a newer token of the same user."""
+    """``refresh_token``: a newer token of the same user, or (None) a renewal by the server."""
 
-    token: str
+    token: str | None
     request_id: RequestId = None
 
 
@@ -648,9 +648,11 @@ def _parse_upload_done(frame: Mapping[str, Any], request_id: RequestId, _: int) 
 
 
 def _parse_refresh(frame: Mapping[str, Any], request_id: RequestId, _: int) -> RefreshToken:
-    token = frame.get("token")
+    if "token" not in frame:
+        return RefreshToken(None, request_id)
+    token = frame["token"]
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'token' is required and must be a string")
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "field 'token' must be a string (leave it out to renew)")
     return RefreshToken(token, request_id)
 
 

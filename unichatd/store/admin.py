@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DirectRoom, NoSuchRoom
-from ..models import Message, RoomSummary
+from ..models import Message, Refusal, RoomSummary
 from . import membership, queries
 from .operations import index_messages
 from .queries import MESSAGES_WITH_SENDER, last_number, message_from_row
@@ -41,21 +41,19 @@ class AdminStore:
         return membership.room_exists(self.conn, room_id)
 
     def add_members(self, room_id: int, user_ids: Sequence[int]) -> None:
-        with immediate(self.conn) as conn:
-            self._changeable(room_id)
-            membership.add_members(conn, room_id, user_ids)
+        self._change(room_id, "add", user_ids)
 
     def remove_members(self, room_id: int, user_ids: Sequence[int]) -> None:
-        with immediate(self.conn) as conn:
-            self._changeable(room_id)
-            membership.remove_members(conn, room_id, user_ids)
+        self._change(room_id, "remove", user_ids)
 
-    def _changeable(self, room_id: int) -> None:
-        row = self.conn.execute("SELECT room_type FROM rooms WHERE id = ?", (room_id,)).fetchone()
-        if row is None:
-            raise NoSuchRoom(room_id)
-        if row[0] == "direct":
-            raise DirectRoom(room_id)
+    def _change(self, room_id: int, change: str, user_ids: Sequence[int]) -> None:
+        """As the server API's change (the same function): refused for a missing or direct room."""
+        with immediate(self.conn) as conn:
+            outcome = membership.host_change(conn, room_id, change, user_ids=user_ids)
+            if outcome is Refusal.NOT_FOUND:
+                raise NoSuchRoom(room_id)
+            if outcome is Refusal.DIRECT_ROOM:
+                raise DirectRoom(room_id)
 
     def import_messages(self, rows: Iterable[tuple[int, int, str, int]], *, chunk: int = 50_000) -> None:
         """Bulk-load (room_id, sender_id, content, created_ms) rows, e.g. to seed a benchmark.

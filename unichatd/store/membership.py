@@ -4,7 +4,8 @@ their own.
 
 Each change is logged in ``membership_log`` in the same transaction; the daemon applies
 the log in order (``maintenance.MembershipFeed``), so a change reaches the affected
-connections the same way whoever made it.
+connections the same way whoever made it; and its webhook event goes into the outbox in
+that transaction too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from ..models import Refusal, RoomChanged
+from . import outbox
 from .schema import now_ms
 
 
@@ -45,15 +47,20 @@ def create_room(conn: sqlite3.Connection, name: str, room_type: str, members: Se
     ).lastrowid
     assert room_id is not None
     log_id = _log(conn, room_id, None, "room")
-    return RoomChanged(room_id, add_members(conn, room_id, members) or log_id)
+    log_id = add_members(conn, room_id, members, announce=False) or log_id
+    outbox.add(conn, "room_created", outbox.room_data(conn, room_id))
+    return RoomChanged(room_id, log_id)
 
 
 def room_exists(conn: sqlite3.Connection, room_id: int) -> bool:
     return conn.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone() is not None
 
 
-def add_members(conn: sqlite3.Connection, room_id: int, user_ids: Sequence[int]) -> int:
-    """Add who is not a participant yet; returns the last log id written (0: none)."""
+def add_members(conn: sqlite3.Connection, room_id: int, user_ids: Sequence[int], *, announce: bool = True) -> int:
+    """Add who is not a participant yet; returns the last log id written (0: none).
+
+    ``announce`` False: the room is being created, and its ``room_created`` event lists them.
+    """
     ensure_users(conn, user_ids)
     log_id = 0
     for user_id in dict.fromkeys(user_ids):
@@ -65,6 +72,8 @@ def add_members(conn: sqlite3.Connection, room_id: int, user_ids: Sequence[int])
         )
         if cursor.rowcount:
             log_id = _log(conn, room_id, user_id, "add")
+            if announce:
+                outbox.add(conn, "member_added", {"room_id": room_id, "user_id": user_id})
     return log_id
 
 
@@ -80,12 +89,40 @@ def remove_members(conn: sqlite3.Connection, room_id: int, user_ids: Sequence[in
             # An owner who goes hands nothing on: the room has no owner from now on.
             conn.execute("UPDATE rooms SET owner_id = NULL WHERE id = ? AND owner_id = ?", (room_id, user_id))
             log_id = _log(conn, room_id, user_id, change)
+            outbox.add(conn, "member_removed", {"room_id": room_id, "user_id": user_id})
     return log_id
 
 
 def rename_room(conn: sqlite3.Connection, room_id: int, name: str) -> int:
     conn.execute("UPDATE rooms SET name = ? WHERE id = ?", (name, room_id))
     return _log(conn, room_id, None, "rename")
+
+
+def set_owner(conn: sqlite3.Connection, room_id: int, owner_id: int | None) -> int:
+    """Give the room an owner (made a participant if not one yet), or none."""
+    log_id = add_members(conn, room_id, (owner_id,)) if owner_id is not None else 0
+    conn.execute("UPDATE rooms SET owner_id = ? WHERE id = ?", (owner_id, room_id))
+    return _log(conn, room_id, None, "owner") or log_id
+
+
+def host_change(conn: sqlite3.Connection, room_id: int, change: str, *, user_ids: Sequence[int] = (),
+                name: str = "", owner_id: int | None = None) -> RoomChanged | Refusal:
+    """A change made with the host's authority — ``unichatd room`` or the server API —
+    with no owner to ask: ``add``/``remove`` members, ``rename``, or ``owner``."""
+    row = conn.execute("SELECT room_type FROM rooms WHERE id = ?", (room_id,)).fetchone()
+    if row is None:
+        return Refusal.NOT_FOUND
+    if row[0] == "direct" and change != "rename":
+        return Refusal.DIRECT_ROOM
+    if change == "rename":
+        log_id = rename_room(conn, room_id, name)
+    elif change == "owner":
+        log_id = set_owner(conn, room_id, owner_id)
+    elif change == "add":
+        log_id = add_members(conn, room_id, user_ids)
+    else:
+        log_id = remove_members(conn, room_id, user_ids)
+    return RoomChanged(room_id, log_id or last_log_id(conn))
 
 
 def direct_key(user_a: int, user_b: int) -> str:

@@ -102,7 +102,7 @@ class AppendMessage:
             message_id = ids.take()
             message = Message(message_id, item.room_id, item.sender_id, item.sender_username,
                               item.sender_first_name, item.content, now, item.reply_to, item.client_msg_id,
-                              "text", message_id, None, False, item.thread_root_id, 0, None, item.mentions,
+                              item.message_type, message_id, None, False, item.thread_root_id, 0, None, item.mentions,
                               (), item.attachments)
             if key is not None:
                 existing[key] = message
@@ -111,14 +111,16 @@ class AppendMessage:
                 posts.extend((file.id, message_id, item.room_id) for file in item.attachments)
             rows.append((message.id, message.room_id, message.sender_id, message.content, now,
                          message.reply_to, message.client_msg_id, message.revision, message.thread_root_id,
-                         format_mentions(message.mentions), format_attachments(message.attachments)))
+                         format_mentions(message.mentions), format_attachments(message.attachments),
+                         message.message_type))
             if message.mentions:
                 mentions.extend(_mention_rows(message.room_id, message.id, message.sender_id, message.mentions))
             if message.thread_root_id is not None:
                 replies.append(len(results) - 1)
         conn.executemany(
             "INSERT INTO messages(id, room_id, sender_id, content, created_ms, reply_to, "
-            "client_msg_id, revision, thread_root_id, mentions, attachments) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "client_msg_id, revision, thread_root_id, mentions, attachments, message_type) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         if posts:
@@ -359,15 +361,16 @@ class CreateRoom:
 
     name: str
     room_type: str
-    owner_id: int
+    owner_id: int | None
+    """None: a room without an owner (the host application's, api.md)."""
     member_ids: tuple[int, ...]
     batched: ClassVar[bool] = False
     background: ClassVar[bool] = False
     kind: ClassVar[str] = "room"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> RoomChanged:
-        return membership.create_room(conn, self.name, self.room_type, (self.owner_id, *self.member_ids),
-                                      owner_id=self.owner_id)
+        members = self.member_ids if self.owner_id is None else (self.owner_id, *self.member_ids)
+        return membership.create_room(conn, self.name, self.room_type, members, owner_id=self.owner_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +416,59 @@ class ChangeRoom:
         else:
             log_id = membership.remove_members(conn, room_id, self.user_ids)
         return RoomChanged(room_id, log_id or membership.last_log_id(conn))
+
+
+@dataclass(frozen=True, slots=True)
+class HostChangeRoom:
+    """The host application's change to a room (api.md): as ``unichatd room`` makes it,
+    with no owner to ask.  ``add``/``remove`` members, ``rename``, or ``owner``."""
+
+    room_id: int
+    change: str
+    user_ids: tuple[int, ...] = ()
+    name: str = ""
+    owner_id: int | None = None
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "room_change"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> RoomChanged | Refusal:
+        return membership.host_change(conn, self.room_id, self.change, user_ids=self.user_ids, name=self.name,
+                                      owner_id=self.owner_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeUser:
+    """Refuse the user's tokens issued before ``before_ms`` (api.md, revoke)."""
+
+    user_id: int
+    before_ms: int
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "revoke"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
+        membership.ensure_users(conn, (self.user_id,))
+        conn.execute("UPDATE users SET revoked_before_ms = MAX(COALESCE(revoked_before_ms, 0), ?) WHERE id = ?",
+                     (self.before_ms, self.user_id))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookProgress:
+    """Receivers' cursors moved (url, through), and the events every receiver has taken
+    (at or below ``prune_through``) deleted."""
+
+    cursors: tuple[tuple[str, int], ...]
+    prune_through: int
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = True
+    kind: ClassVar[str] = "webhooks"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
+        conn.executemany("INSERT INTO webhook_cursors(url, through) VALUES (?, ?) "
+                         "ON CONFLICT(url) DO UPDATE SET through = MAX(through, excluded.through)", self.cursors)
+        if self.prune_through:
+            conn.execute("DELETE FROM webhook_events WHERE seq <= ?", (self.prune_through,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,13 +157,14 @@ def user_names(conn: sqlite3.Connection, user_id: int) -> tuple[str, str]:
 def find_users(conn: sqlite3.Connection, query: str, limit: int) -> list[UserInfo]:
     """Users whose username or first name starts with ``query`` (any case), by username."""
     if not query:
-        rows = conn.execute("SELECT id, username, first_name FROM users ORDER BY username COLLATE NOCASE, id "
+        rows = conn.execute("SELECT id, username, first_name FROM users WHERE id > 0 "
+                            "ORDER BY username COLLATE NOCASE, id "
                             "LIMIT ?", (limit,))
     else:
         pattern = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = conn.execute(
-            "SELECT id, username, first_name FROM users WHERE username LIKE ?1 ESCAPE '\\' "
-            "OR first_name LIKE ?1 ESCAPE '\\' ORDER BY username COLLATE NOCASE, id LIMIT ?2",
+            "SELECT id, username, first_name FROM users WHERE id > 0 AND (username LIKE ?1 ESCAPE '\\' "
+            "OR first_name LIKE ?1 ESCAPE '\\') ORDER BY username COLLATE NOCASE, id LIMIT ?2",
             (pattern, limit),
         )
     return [UserInfo(*row) for row in rows]
@@ -174,7 +175,8 @@ def users_by_id(conn: sqlite3.Connection, user_ids: Sequence[int]) -> list[UserI
     for start in range(0, len(user_ids), 500):
         chunk = user_ids[start : start + 500]
         found.extend(UserInfo(*row) for row in conn.execute(
-            f"SELECT id, username, first_name FROM users WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+            f"SELECT id, username, first_name FROM users WHERE id > 0 AND id IN ({','.join('?' * len(chunk))}) "
+            "ORDER BY id",
             chunk))
     return found
 
@@ -300,3 +302,41 @@ def membership_changes(conn: sqlite3.Connection, after_log_id: int) -> list[Memb
 def last_number(conn: sqlite3.Connection) -> int:
     """The last number given as a message id or a revision (they share one counter)."""
     return int(conn.execute("SELECT last FROM message_numbers").fetchone()[0])
+
+
+def revocations(conn: sqlite3.Connection) -> dict[int, int]:
+    return dict(conn.execute("SELECT id, revoked_before_ms FROM users WHERE revoked_before_ms IS NOT NULL"))
+
+
+def webhook_cursors(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT url, through FROM webhook_cursors"))
+
+
+def _event_filter(events: Sequence[str]) -> str:
+    return f"event IN ({','.join('?' * len(events))})"
+
+
+def webhook_events(conn: sqlite3.Connection, after_seq: int, events: Sequence[str],
+                   limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
+    """Up to ``limit`` events of these kinds after ``after_seq``, and how far that look
+    reached: the newest seq when fewer came (none of these kinds up to it), else the last."""
+    # The newest seq first: every event up to it is committed, so the next read sees them all.
+    newest = last_webhook_event(conn)
+    rows = conn.execute(
+        f"SELECT seq, event, body, created_ms FROM webhook_events WHERE seq > ? AND seq <= ? "
+        f"AND {_event_filter(events)} ORDER BY seq LIMIT ?", (after_seq, newest, *events, limit)).fetchall()
+    return rows, (rows[-1][0] if len(rows) == limit else newest)
+
+
+WEBHOOK_BACKLOG_COUNTED = 1_000_000
+"""The queue depth /metrics shows counts this far at most (a count is a scan)."""
+
+
+def webhook_backlog(conn: sqlite3.Connection, after_seq: int, events: Sequence[str]) -> int:
+    return int(conn.execute(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM webhook_events WHERE seq > ? AND {_event_filter(events)} LIMIT ?)",
+        (after_seq, *events, WEBHOOK_BACKLOG_COUNTED)).fetchone()[0])
+
+
+def last_webhook_event(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM webhook_events").fetchone()[0])

@@ -211,6 +211,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     -- with the row like its reactions.
     ALTER TABLE messages ADD COLUMN attachments TEXT;
     """, _direct_pairs),
+    # 5: the host application's server API and webhooks (api.md): system messages have
+    # user 0 as their sender row, revocations, and the webhook outbox.
+    """
+    INSERT OR IGNORE INTO users(id, username, first_name, updated_ms) VALUES (0, 'system', '', 0);
+    -- Tokens of the user issued (iat, in ms) before this are refused.
+    ALTER TABLE users ADD COLUMN revoked_before_ms INTEGER;
+    -- Every event a webhook may want, written in the transaction of the change it
+    -- describes; `body` is the JSON POSTed, `seq` the delivery order.
+    CREATE TABLE webhook_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    -- How far each receiver (by URL) has taken the events.
+    CREATE TABLE webhook_cursors (
+        url TEXT PRIMARY KEY,
+        through INTEGER NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

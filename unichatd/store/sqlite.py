@@ -45,6 +45,7 @@ from .operations import (
     CreateRoom,
     DeleteMessage,
     EditMessage,
+    HostChangeRoom,
     IndexMessages,
     LoadRooms,
     MarkRead,
@@ -52,9 +53,11 @@ from .operations import (
     Operation,
     Prune,
     React,
+    RevokeUser,
     SetLastSeen,
     StoreFile,
     UpsertUser,
+    WebhookProgress,
     index_messages,
 )
 from .schema import configure, create_private, immediate, migrate
@@ -108,8 +111,9 @@ def _set_up_checkpointer(conn: sqlite3.Connection) -> None:
 class SqliteStore:
     """Messages, rooms and read markers in one SQLite file, written by group commit."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, webhook_events: frozenset[str] = frozenset()) -> None:
         self.path = path
+        self._webhook_events = webhook_events
         self._writer_thread = ConnectionThread("writer")
         self._reader = ConnectionThread("reader")
         self._searcher = ConnectionThread("search")
@@ -143,7 +147,8 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._writer = GroupCommitWriter(self._writer_thread, next_message_id=next_id, database=str(self.path),
-                                         batch_sizes=self.batch_sizes, write_latency=self.write_latency)
+                                         batch_sizes=self.batch_sizes, write_latency=self.write_latency,
+                                         webhook_events=self._webhook_events)
         self._checkpoint_task = asyncio.create_task(self._run_checkpoints(), name="unichatd-checkpoint")
         self._index_task = asyncio.create_task(self._run_indexer(), name="unichatd-indexer")
 
@@ -242,9 +247,19 @@ class SqliteStore:
     def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
         return self._submit(SetLastSeen(tuple(seen)))
 
-    def create_room(self, name: str, room_type: str, owner_id: int,
+    def create_room(self, name: str, room_type: str, owner_id: int | None,
                     member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]:
         return self._submit(CreateRoom(name, room_type, owner_id, tuple(member_ids)))
+
+    def host_change_room(self, room_id: int, change: str, *, user_ids: Sequence[int] = (), name: str = "",
+                         owner_id: int | None = None) -> asyncio.Future[RoomChanged | Refusal]:
+        return self._submit(HostChangeRoom(room_id, change, tuple(user_ids), name, owner_id))
+
+    def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]:
+        return self._submit(RevokeUser(user_id, before_ms))
+
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
+        return self._submit(WebhookProgress(tuple(cursors), prune_through))
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
         return self._submit(OpenDirect(user_id, other_id))
@@ -316,6 +331,23 @@ class SqliteStore:
 
     async def uploads_since(self, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
         return await self._reader.call(lambda conn: queries.uploads_since(conn, uploader_id, since_ms))
+
+    async def revocations(self) -> dict[int, int]:
+        """user id → the ms before which their tokens are refused."""
+        return await self._reader.call(queries.revocations)
+
+    async def webhook_cursors(self) -> tuple[dict[str, int], int]:
+        """Each receiver's cursor, and the newest event's seq (where a new receiver starts)."""
+        return await self._reader.call(lambda conn: (queries.webhook_cursors(conn), queries.last_webhook_event(conn)))
+
+    async def webhook_events(self, after_seq: int, events: Sequence[str],
+                             limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
+        """(seq, event, body, created_ms) of the events after ``after_seq`` of these kinds, and
+        the seq this look reached (see ``queries.webhook_events``)."""
+        return await self._reader.call(lambda conn: queries.webhook_events(conn, after_seq, events, limit))
+
+    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int:
+        return await self._reader.call(lambda conn: queries.webhook_backlog(conn, after_seq, events))
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""

@@ -20,6 +20,7 @@ import structlog
 
 from ..errors import StoreError
 from ..metrics import Histogram
+from . import outbox
 from .operations import MessageIds, Operation
 from .schema import immediate
 from .threads import ConnectionThread
@@ -44,7 +45,8 @@ class GroupCommitWriter:
     """Runs submitted operations in group commits on its own connection thread."""
 
     def __init__(self, connection: ConnectionThread, *, next_message_id: int, database: str,
-                 batch_sizes: Histogram, write_latency: Histogram) -> None:
+                 batch_sizes: Histogram, write_latency: Histogram,
+                 webhook_events: frozenset[str] = frozenset()) -> None:
         self._connection = connection
         self._ids = MessageIds(next_message_id)
         self._database = database
@@ -56,6 +58,8 @@ class GroupCommitWriter:
         """The error the last write failed with, until a write succeeds (logged once)."""
         self._batch_sizes = batch_sizes
         self._write_latency = write_latency
+        self._message_events = webhook_events & outbox.MESSAGE_EVENTS
+        """The message events some webhook wants: written with the batch that makes them."""
         self._task = asyncio.create_task(self._run(), name="unichatd-writer")
 
     def submit(self, operation: Operation[T]) -> asyncio.Future[T]:
@@ -130,6 +134,7 @@ class GroupCommitWriter:
             while start < len(batch):
                 operation = batch[start].operation
                 kind: Any = type(operation)  # (a batched kind has run_many)
+                done = len(results)
                 if kind.batched:
                     end = start + 1
                     while end < len(batch) and type(batch[end].operation) is kind:
@@ -139,6 +144,10 @@ class GroupCommitWriter:
                 else:
                     results.append(operation.run(conn, ids))
                     start += 1
+                if self._message_events:
+                    # (after each step, so events keep the order of the changes: a room's
+                    # member_removed written by a later step follows this step's messages)
+                    outbox.record_writes(conn, results[done:], self._message_events)
             if ids.next != self._ids.next:
                 conn.execute("UPDATE message_numbers SET last = ?", (ids.next - 1,))
         self._ids = ids  # only a committed batch uses up ids

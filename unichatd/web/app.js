@@ -5,7 +5,7 @@
 
 import { Connection } from "./connection.js";
 import { batched, byId } from "./dom.js";
-import { ChatState, MAX_PAGE, PAGE, WINDOW } from "./state.js";
+import { ChatState, MAX_PAGE, PAGE, WINDOW, senderOf } from "./state.js";
 import { Uploads } from "./uploads.js";
 import { AttachmentTray } from "./views/attachments.js";
 import { ComposerView } from "./views/composer.js";
@@ -32,6 +32,7 @@ const connection = new Connection(meta("unichat-ws-path") || "/ws/chat/", {
   onFrame: handle,
   onStatus: (kind, text) => status.set(kind, text),
   onSignedOut: (message) => signOut(message),
+  onToken: (token) => sessionStorage.setItem(TOKEN_KEY, token),
 });
 const signIn = new SignInView({
   onToken: (token) => { sessionStorage.setItem(TOKEN_KEY, token); start(token); },
@@ -353,7 +354,7 @@ function onMessage(message) {
   state.learn(message);
   if (message.client_msg_id) state.pending.delete(message.client_msg_id);
   const typers = state.typing.get(message.room_id);
-  if (typers && typers.has(message.sender.id)) stopShowingTyping(message.room_id, message.sender.id);
+  if (typers && typers.has(senderOf(message).id)) stopShowingTyping(message.room_id, senderOf(message).id);
   // Only the open room is subscribed: a late frame of one just left would leave a gap
   // behind it, so its catch-up starts from what came while it was open.
   if (message.room_id !== state.current) return;

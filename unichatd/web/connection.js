@@ -5,6 +5,11 @@ const PING_EVERY_MS = 25000;
 const PONG_WAIT_MS = 10000;
 const RETRY_CAP_MS = 30000;
 
+const RENEW_MARGIN_MS = 300000;  // renew this long before the token expires (sooner for short ones);
+                                 // a background tab's timers may run a minute late
+const RENEW_RETRY_MS = 5000;
+const TIMER_MAX_MS = 86400000;   // setTimeout fires at once past 2^31 ms: long waits go a day at a time
+
 const EXPIRED = "Your session has expired. Please sign in again.";
 const REFUSED = "That token was not accepted. Please sign in again.";
 
@@ -12,15 +17,18 @@ export class Connection {
   // onFrame(frame, kind): every frame but pong; `kind` is what request() was told.
   // onStatus(state, text): "connecting" | "online" | "reconnecting".
   // onSignedOut(message): the token is no good; the user must sign in again.
-  constructor(wsPath, { onFrame, onStatus, onSignedOut }) {
+  // onToken(token): the server renewed the token; keep it for the next page load.
+  constructor(wsPath, { onFrame, onStatus, onSignedOut, onToken }) {
     this.wsPath = wsPath;
     this.onFrame = onFrame;
     this.onStatus = onStatus;
     this.onSignedOut = onSignedOut;
+    this.onToken = onToken;
     this.token = null;
     this.ws = null;
     this.attempt = 0;
-    this.timers = { reconnect: null, ping: null, pong: null };
+    this.timers = { reconnect: null, ping: null, pong: null, renew: null };
+    this.clockOffset = 0;  // the server's clock minus ours: token times are the server's
     this.requestSeq = 0;
     this.requests = new Map();  // request_id -> kind
   }
@@ -114,12 +122,51 @@ export class Connection {
     const kind = this.requests.get(frame.request_id);
     if (frame.request_id !== undefined) this.requests.delete(frame.request_id);
     if (frame.type === "pong") { clearTimeout(this.timers.pong); return; }
+    if (frame.type === "connection_established" || frame.type === "token_refreshed") {
+      const serverNow = Date.parse(frame.timestamp);
+      if (!Number.isNaN(serverNow)) this.clockOffset = serverNow - Date.now();
+    }
     if (frame.type === "connection_established") {
       this.attempt = 0;
       this.onStatus("online", "online");
       this.startHeartbeat();
+      this.scheduleRenewal(tokenExpiry(this.token));
+    }
+    if (kind === "renew") {
+      this.renewed(frame);
+      return;
     }
     this.onFrame(frame, kind);
+  }
+
+  // Sessions stay alive by asking the server for a fresh token (refresh_token without
+  // a token) before this one expires. A refusal (the server does not renew, or the user
+  // was revoked) is left to run out: the close at expiry brings the sign-in screen.
+  scheduleRenewal(expiresAtMs) {
+    clearTimeout(this.timers.renew);
+    if (!expiresAtMs) return;
+    const left = expiresAtMs - (Date.now() + this.clockOffset);
+    const delay = Math.max(0, left > 4 * RENEW_MARGIN_MS ? left - RENEW_MARGIN_MS : left * 0.75);
+    this.timers.renew = delay > TIMER_MAX_MS
+      ? setTimeout(() => this.scheduleRenewal(expiresAtMs), TIMER_MAX_MS)
+      : setTimeout(() => this.renew(), delay);
+  }
+
+  renew() {
+    if (this.request({ type: "refresh_token" }, "renew") === null) {
+      this.timers.renew = setTimeout(() => this.renew(), RENEW_RETRY_MS);
+    }
+  }
+
+  renewed(frame) {
+    if (frame.type !== "token_refreshed" || !frame.token) return;
+    this.token = frame.token;
+    this.onToken(frame.token);
+    this.scheduleRenewal(Date.parse(frame.expires_at));
+    // The cookie that downloads (and the next handshake) carry must hold the new token too.
+    fetch("/session", {
+      headers: { Authorization: `Bearer ${frame.token}` }, credentials: "same-origin", cache: "no-store",
+    }).catch(() => {});
   }
 
   // The owner signs out, which stops this connection (and clears the cookie) once.
@@ -144,8 +191,20 @@ export class Connection {
   }
 
   clearTimers() {
+    clearTimeout(this.timers.renew);
     clearTimeout(this.timers.reconnect);
     clearInterval(this.timers.ping);
     clearTimeout(this.timers.pong);
+  }
+}
+
+// The token's expiry (ms), read from its claims; null when it cannot be read.
+function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
+  } catch {
+    return null;
   }
 }

@@ -4,6 +4,13 @@
 export const WINDOW = 250;  // messages kept per room, in memory and on the page
 export const PAGE = 50;     // messages asked for at a time when paging
 export const MAX_PAGE = 100;  // the most get_history returns
+
+// A system message (posted by the host application) has no sender; it shows as "system".
+const SYSTEM_SENDER = Object.freeze({ id: 0, username: "system", first_name: "" });
+
+export function senderOf(message) {
+  return message.sender ?? SYSTEM_SENDER;
+}
 const KEPT_WHEN_LEFT = PAGE;  // a room not on screen keeps only its latest page
 const CHANGES_KEPT = 500;     // changes to messages outside the window, kept for pages on their way
 const QUOTES_KEPT = 2000;
@@ -184,7 +191,7 @@ export class Timeline {
     if (!this.unreadOnOpen || this.dividerBefore !== null || this.unreadUpTo === null) return;
     let left = this.unreadOnOpen;
     for (let at = this.messages.length - 1; at >= 0; at -= 1) {
-      if (this.messages[at].sender.id === myId || this.messages[at].id > this.unreadUpTo) continue;
+      if (senderOf(this.messages[at]).id === myId || this.messages[at].id > this.unreadUpTo) continue;
       left -= 1;
       if (left === 0) { this.dividerBefore = this.messages[at].id; return; }
     }
@@ -218,14 +225,14 @@ export class ChatState {
   }
 
   isMine(message) {
-    return this.me !== null && message.sender.id === this.me.id;
+    return this.me !== null && senderOf(message).id === this.me.id;
   }
 
   learn(message) {
-    if (message.sender.username) this.names.set(message.sender.id, message.sender.username);
+    if (message.sender?.username) this.names.set(message.sender.id, message.sender.username);
     this.quotes.delete(message.id);
     const content = message.deleted ? "message deleted" : message.content.slice(0, 200);
-    this.quotes.set(message.id, { username: message.sender.username, content });
+    this.quotes.set(message.id, { username: senderOf(message).username, content });
     if (this.quotes.size > QUOTES_KEPT) this.quotes.delete(this.quotes.keys().next().value);
   }
 

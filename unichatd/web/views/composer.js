@@ -3,6 +3,7 @@
 // sent. Editing one's own message happens here too: the box takes its text.
 
 import { byId, el } from "../dom.js";
+import { senderOf } from "../state.js";
 
 const TYPING_SEND_EVERY_MS = 3000;
 const COUNTER_FROM = 0.9;  // show the counter past this share of the limit
@@ -102,7 +103,7 @@ export class ComposerView {
     this.replyTo = message.id;
     const quoted = el("bdi", "", message.content.slice(0, 80));
     quoted.dir = "auto";
-    byId("reply-text").replaceChildren(`Replying to ${message.sender.username}: `, quoted);
+    byId("reply-text").replaceChildren(`Replying to ${senderOf(message).username}: `, quoted);
     this.replyBar.hidden = false;
     this.input.focus();
   }

@@ -4,6 +4,7 @@
 // for the next page, and the reading position stays put while pages come and go.
 
 import { batched, byId, el, formatTime, fullTime, keepingFocus } from "../dom.js";
+import { senderOf } from "../state.js";
 import { attachmentsNode } from "./attachments.js";
 
 const NEAR_PX = 300;    // this close to an end of the list, the next page is asked for
@@ -345,7 +346,7 @@ export function messageNode(message, state, handlers, quoteNode, { inThread = fa
   const node = el("li", className);
   node.tabIndex = -1;
   node.dataset.messageId = message.id;
-  const author = mine ? "you" : message.sender.username;
+  const author = mine ? "you" : senderOf(message).username;
   const meta = el("div", "meta");
   const name = el("span", "author", author);
   name.dir = "auto";

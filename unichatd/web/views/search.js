@@ -3,6 +3,7 @@
 // the room at that message.
 
 import { byId, el, formatTime } from "../dom.js";
+import { senderOf } from "../state.js";
 
 const MATCH = /\[([^\]]*)\]/g;
 
@@ -64,7 +65,7 @@ export class SearchView {
     const room = this.state.rooms.get(message.room_id)?.name ?? `room ${message.room_id}`;
     const where = el("span", "where");
     const roomName = el("bdi", "", room);
-    const author = el("bdi", "", message.sender.username);
+    const author = el("bdi", "", senderOf(message).username);
     where.append(roomName, " · ", author, ` · ${formatTime(message.timestamp)}`);
     const snippet = el("span", "snippet");
     snippet.dir = "auto";
