@@ -205,7 +205,8 @@ class FakeStore:
     def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]:
         raise NotImplementedError
 
-    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int,
+                         prune_limit: int = 10_000) -> asyncio.Future[int]:
         raise NotImplementedError
 
     async def webhook_cursors(self) -> tuple[dict[str, int], int]:
@@ -213,9 +214,6 @@ class FakeStore:
 
     async def webhook_events(self, after_seq: int, events: Sequence[str],
                              limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
-        raise NotImplementedError
-
-    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int:
         raise NotImplementedError
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:

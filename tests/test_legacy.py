@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import aiohttp
@@ -84,6 +85,14 @@ async def test_the_notifications_endpoint_carries_notifications_only(tmp_path: P
         assert frame["payload"] == {"job": 12}
         await listener.send({"type": "get_room_list"})  # (requests are not taken here)
         await listener.no_frame(ignore=())
+        flooder = await open_client(f"{base}/1/?token={running.token(1)}")
+        assert (await flooder.recv())["type"] == "connection_established"
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(1000):
+                await flooder.send({"type": "ping"})
+        async with asyncio.timeout(WAIT):
+            await flooder.ws.wait_closed()
+        assert (flooder.ws.close_code, flooder.ws.close_reason) == (1008, "rate limit exceeded")
         assert await closed_with(f"{base}/2/?token={running.token(1)}") == (4003, "access denied", [])
         async with aiohttp.ClientSession() as session, session.post(
             f"http://127.0.0.1:{running.server.api.port}/api/users/1/revoke",

@@ -70,9 +70,11 @@ class HostActions:
         a restart too); open connections close with 4001."""
         chat = self.chat
         now = time.time_ns() // 1_000_000
-        await chat.store.revoke_user(user_id, now)
+        # Memory first: from this moment no handshake or renewal passes, even while the
+        # write is under way (if it fails, the answer is an error and memory stays revoked).
         chat.revocations[user_id] = max(now, chat.revocations.get(user_id, 0))
         chat.close_user(user_id, TOKEN_REVOKED)
+        await chat.store.revoke_user(user_id, now)
 
     async def presence(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
         chat = self.chat

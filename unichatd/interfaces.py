@@ -84,8 +84,10 @@ class MessageStore(Protocol):
 
     def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]: ...
 
-    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
-        """Move receivers' cursors, and delete the events every receiver has taken."""
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int,
+                         prune_limit: int = 10_000) -> asyncio.Future[int]:
+        """Move receivers' cursors, and delete (up to ``prune_limit`` of) the events every
+        receiver has taken; resolves to how many were deleted."""
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
         """The pair's one direct room, created on first use (also when both ask at once)."""
@@ -132,8 +134,6 @@ class MessageStore(Protocol):
                              limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
         """(seq, event, body, created_ms) of the events after ``after_seq`` of these kinds, in
         order, and the seq up to which there is no other event of these kinds."""
-
-    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int: ...
 
     async def find_users(self, query: str, limit: int) -> list[UserInfo]:
         """Users whose username or first name starts with ``query``, any case."""

@@ -35,6 +35,7 @@ from .host import HostActions
 from .instance import Instance, InstanceLock
 from .interfaces import Broker, MessageStore
 from .keepalive import Keepalive
+from .limits import TokenBucket
 from .metrics import LoopLagMonitor
 from .prometheus import MetricsCollector
 from .session import NotificationListener, Session
@@ -280,7 +281,12 @@ class UnichatServer:
             return
         route = connection.route
         if route is not None:
-            if not await self._may_open(route, auth):
+            try:
+                allowed = await self._may_open(route, auth)
+            except StoreError:
+                await close_bounded(connection, CloseCode.INTERNAL_ERROR, "database unavailable")
+                return
+            if not allowed:
                 await close_bounded(connection, CloseCode.ACCESS_DENIED, "access denied")
                 return
             if route[0] == "notifications":
@@ -309,6 +315,8 @@ class UnichatServer:
                     await session.subscribe_at_open(route[1])
                 except ClientError as exc:  # (removed from the room in the meantime)
                     session.send_error(exc)
+                except StoreError:
+                    session.close(CloseCode.INTERNAL_ERROR, "database unavailable")
             async for frame in connection:
                 if isinstance(frame, str):
                     await session.handle_text(frame)
@@ -339,17 +347,25 @@ class UnichatServer:
         listener = NotificationListener(identity, sink, self.chat)
         _forget_handshake(connection)
         listener.open()
+        log.info("connection.opened", user_id=identity.user_id, remote=remote_address(connection),
+                 notifications=True)
         if self.chat.is_revoked(identity):
             listener.close(CloseCode.AUTH, TOKEN_REVOKED)
         if self._keepalive is not None:
             self._keepalive.watch(sink)
+        limits = self.config.limits
+        frames = TokenBucket(limits.frames_per_second, limits.frame_burst)
         try:
             async for _frame in connection:
-                pass  # (a notification-only connection takes no requests)
+                # It takes no requests; what comes is dropped, at the rate any connection may send.
+                if frames.take():
+                    listener.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         except ConnectionClosed:
             pass
         finally:
             listener.closed_by_peer()
+            log.info("connection.closed", user_id=identity.user_id, code=connection.close_code,
+                     reason=connection.close_reason, notifications=True)
 
 
 _NO_HEADERS = Headers()

@@ -42,12 +42,17 @@ MAX_RETRY_INTERVAL = 600.0
 GIVE_UP_AFTER = 24 * 3600.0
 REQUEST_TIMEOUT = 10.0
 BATCH = 100
+PRUNE_BATCH = 10_000
+"""Events deleted per write at most: a group commit never waits behind a big delete."""
 SIGNATURE_HEADER = "X-Unichatd-Signature"
 
 
 def loggable(url: str) -> str:
-    """The receiver's URL without its query string (which may hold a secret of its own)."""
-    return url.split("?", 1)[0]
+    """The receiver's URL without credentials or query string (either may hold a secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def receiver_label(index: int, url: str) -> str:
@@ -67,6 +72,8 @@ class Webhooks:
         self._cursors: dict[str, int] = {}
         self._saved: dict[str, int] = {}
         self._pruned = 0
+        self._failing_since: dict[str, float] = {}
+        """Receivers failing without a success since then (time.time())."""
         self._started = False
         """Only a started deliverer saves progress (a failed start must not prune the outbox)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,7 +96,7 @@ class Webhooks:
                 headers={"User-Agent": "unichatd", "Content-Type": "application/json"},
             )
         for hook in self._hooks:
-            self._tasks.append(asyncio.create_task(self._deliver_all(hook), name=f"unichatd-webhook-{hook.url}"))
+            self._tasks.append(asyncio.create_task(self._deliver_all(hook), name="unichatd-webhook"))
         self._tasks.append(asyncio.create_task(self._keep_progress(), name="unichatd-webhook-progress"))
         self._started = True
 
@@ -115,7 +122,7 @@ class Webhooks:
             try:
                 events, reached = await self._store.webhook_events(self._cursors[hook.url], hook.events, BATCH)
             except Exception:  # noqa: BLE001  (a database hiccup: look again later)
-                log.warning("webhook.read_failed", url=hook.url, exc_info=True)
+                log.warning("webhook.read_failed", url=loggable(hook.url), exc_info=True)
                 await asyncio.sleep(POLL_INTERVAL)
                 continue
             for seq, event, body, created_ms in events:
@@ -127,18 +134,25 @@ class Webhooks:
                 await asyncio.sleep(POLL_INTERVAL)
 
     async def _deliver(self, hook: WebhookConfig, event: str, body: bytes, created_ms: int) -> None:
-        """POST one event until the receiver answers 2xx; given up once it has failed for
-        GIVE_UP_AFTER (counted from its creation, or from its first try when that came later)."""
+        """POST one event until the receiver answers 2xx.  It is given up after failing for
+        GIVE_UP_AFTER from its first try — or at once, when it is that old and the receiver
+        has failed all along for that long (a receiver gone for days does not hold each
+        event a day more)."""
         headers = {SIGNATURE_HEADER: signature(hook.secret, body), "X-Unichatd-Event": event}
         delay = FIRST_RETRY
-        deadline = max(created_ms / 1000, time.time()) + GIVE_UP_AFTER
+        deadline = time.time() + GIVE_UP_AFTER
         while True:
             outcome = await self._post(hook.url, body, headers)
+            now = time.time()
             if outcome is None:
                 self._stats.deliveries["delivered"] += 1
+                self._failing_since.pop(hook.url, None)
                 return
             self._stats.deliveries["failed"] += 1
-            left = deadline - time.time()
+            failing_since = self._failing_since.setdefault(hook.url, now)
+            if now - failing_since >= GIVE_UP_AFTER and now - created_ms / 1000 >= GIVE_UP_AFTER:
+                deadline = now
+            left = deadline - now
             if left <= 0:
                 self._stats.deliveries["gave_up"] += 1
                 log.error("webhook.gave_up", url=loggable(hook.url), webhook_event=event, error=outcome)
@@ -167,9 +181,11 @@ class Webhooks:
             await asyncio.sleep(SAVE_INTERVAL if self._hooks else PRUNE_INTERVAL)
             try:
                 await self._save()
+                newest = (await self._store.webhook_cursors())[1]
                 for index, hook in enumerate(self._hooks):
-                    self._stats.queue_depth[receiver_label(index, hook.url)] = await self._store.webhook_backlog(
-                        self._cursors[hook.url], hook.events)
+                    # Events written after the receiver's cursor (the ones of kinds it does
+                    # not take are passed as it reads): cheap, and exact once it is caught up.
+                    self._stats.queue_depth[receiver_label(index, hook.url)] = max(0, newest - self._cursors[hook.url])
             except Exception:  # noqa: BLE001  (the next round saves it)
                 log.warning("webhook.save_failed", exc_info=True)
 
@@ -180,6 +196,7 @@ class Webhooks:
         prune = min(self._cursors.values()) if self._cursors else (await self._store.webhook_cursors())[1]
         if not moved and prune == self._pruned:
             return
-        await self._store.webhook_progress(moved, prune)
+        deleted = await self._store.webhook_progress(moved, prune, PRUNE_BATCH)
         self._saved.update(moved)
-        self._pruned = prune
+        if deleted < PRUNE_BATCH:  # (else the next round deletes on)
+            self._pruned = prune

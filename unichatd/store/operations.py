@@ -460,15 +460,21 @@ class WebhookProgress:
 
     cursors: tuple[tuple[str, int], ...]
     prune_through: int
+    prune_limit: int
     batched: ClassVar[bool] = False
     background: ClassVar[bool] = True
     kind: ClassVar[str] = "webhooks"
 
-    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> None:
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
+        """Returns how many events were deleted (``prune_limit`` at most)."""
         conn.executemany("INSERT INTO webhook_cursors(url, through) VALUES (?, ?) "
                          "ON CONFLICT(url) DO UPDATE SET through = MAX(through, excluded.through)", self.cursors)
-        if self.prune_through:
-            conn.execute("DELETE FROM webhook_events WHERE seq <= ?", (self.prune_through,))
+        if not self.prune_through:
+            return 0
+        return conn.execute(
+            "DELETE FROM webhook_events WHERE seq IN "
+            "(SELECT seq FROM webhook_events WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (self.prune_through, self.prune_limit)).rowcount
 
 
 @dataclass(frozen=True, slots=True)

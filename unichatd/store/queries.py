@@ -328,15 +328,5 @@ def webhook_events(conn: sqlite3.Connection, after_seq: int, events: Sequence[st
     return rows, (rows[-1][0] if len(rows) == limit else newest)
 
 
-WEBHOOK_BACKLOG_COUNTED = 1_000_000
-"""The queue depth /metrics shows counts this far at most (a count is a scan)."""
-
-
-def webhook_backlog(conn: sqlite3.Connection, after_seq: int, events: Sequence[str]) -> int:
-    return int(conn.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM webhook_events WHERE seq > ? AND {_event_filter(events)} LIMIT ?)",
-        (after_seq, *events, WEBHOOK_BACKLOG_COUNTED)).fetchone()[0])
-
-
 def last_webhook_event(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM webhook_events").fetchone()[0])

@@ -258,8 +258,9 @@ class SqliteStore:
     def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]:
         return self._submit(RevokeUser(user_id, before_ms))
 
-    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int) -> asyncio.Future[None]:
-        return self._submit(WebhookProgress(tuple(cursors), prune_through))
+    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int,
+                         prune_limit: int = 10_000) -> asyncio.Future[int]:
+        return self._submit(WebhookProgress(tuple(cursors), prune_through, prune_limit))
 
     def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
         return self._submit(OpenDirect(user_id, other_id))
@@ -346,8 +347,6 @@ class SqliteStore:
         the seq this look reached (see ``queries.webhook_events``)."""
         return await self._reader.call(lambda conn: queries.webhook_events(conn, after_seq, events, limit))
 
-    async def webhook_backlog(self, after_seq: int, events: Sequence[str]) -> int:
-        return await self._reader.call(lambda conn: queries.webhook_backlog(conn, after_seq, events))
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""
