@@ -118,10 +118,9 @@ class HostActions:
         store = self.chat.store
         members = tuple(dict.fromkeys(member_ids))
         if room_type == "direct":
-            pair = set(members) | ({owner_id} if owner_id is not None else set())
-            if len(pair) != 2 or owner_id is not None:
+            if len(members) != 2 or owner_id is not None:
                 raise invalid("member_ids", "a direct room has exactly two members and no owner")
-            first, second = sorted(pair)
+            first, second = sorted(members)
             changed = await store.open_direct(first, second)
         else:
             changed = await store.create_room(name, room_type, owner_id,

@@ -453,27 +453,6 @@ class Session:
     def _react(self, request: protocol.React) -> Awaitable[None]:
         return self.chat.react(self, request, self.reply)
 
-    async def _thread(self, request: protocol.GetThread) -> None:
-        self.reply(await self.chat.thread(self, request))
-
-    async def _search(self, request: protocol.SearchMessages) -> None:
-        self.reply(await self.chat.search(self, request))
-
-    async def _changes(self, request: protocol.GetChanges) -> None:
-        self.reply(await self.chat.changes(self, request))
-
-    async def _create_room(self, request: protocol.CreateRoom) -> None:
-        self.reply(await self.chat.create_room(self, request))
-
-    async def _create_direct(self, request: protocol.CreateDirect) -> None:
-        self.reply(await self.chat.create_direct(self, request))
-
-    async def _change_members(self, request: protocol.ChangeMembers) -> None:
-        self.reply(await self.chat.change_members(self, request))
-
-    async def _rename_room(self, request: protocol.RenameRoom) -> None:
-        self.reply(await self.chat.rename_room(self, request))
-
     async def _leave_room(self, request: protocol.LeaveRoom) -> None:
         frame = await self.chat.leave_room(self, request)
         self._catch_ups.pop(request.room_id, None)
@@ -578,6 +557,15 @@ class NotificationListener:
         self._chat.stop_listening(self)
 
 
+def _answered_by(action: Callable[[Chat, Session, Any], Awaitable[bytes]]) -> Callable[[Session, Any], Awaitable[None]]:
+    """The handler of a request the chat service answers with one frame."""
+
+    async def handle(session: Session, request: Any) -> None:
+        session.reply(await action(session.chat, session, request))
+
+    return handle
+
+
 _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.Subscribe: Session._subscribe,
     protocol.Unsubscribe: Session._unsubscribe,
@@ -590,13 +578,13 @@ _HANDLERS: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
     protocol.EditMessage: Session._edit_message,
     protocol.DeleteMessage: Session._delete_message,
     protocol.React: Session._react,
-    protocol.GetThread: Session._thread,
-    protocol.SearchMessages: Session._search,
-    protocol.GetChanges: Session._changes,
-    protocol.CreateRoom: Session._create_room,
-    protocol.CreateDirect: Session._create_direct,
-    protocol.ChangeMembers: Session._change_members,
-    protocol.RenameRoom: Session._rename_room,
+    protocol.GetThread: _answered_by(Chat.thread),
+    protocol.SearchMessages: _answered_by(Chat.search),
+    protocol.GetChanges: _answered_by(Chat.changes),
+    protocol.CreateRoom: _answered_by(Chat.create_room),
+    protocol.CreateDirect: _answered_by(Chat.create_direct),
+    protocol.ChangeMembers: _answered_by(Chat.change_members),
+    protocol.RenameRoom: _answered_by(Chat.rename_room),
     protocol.LeaveRoom: Session._leave_room,
     protocol.GetUsers: Session._users,
     protocol.GetPresence: Session._presence,

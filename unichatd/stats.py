@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .metrics import LATENCY_BOUNDS, Histogram
+
 
 class Stats:
     def __init__(self) -> None:
@@ -23,8 +25,6 @@ class ApiStats:
     """The server API's requests, by method, route and status, and their latency."""
 
     def __init__(self) -> None:
-        from .metrics import LATENCY_BOUNDS, Histogram
-
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.latency = Histogram(LATENCY_BOUNDS)
 
