@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--idle-rooms", type=int, default=100)
     parser.add_argument("--ping-interval", type=float, default=None,
                         help="the server's ping_interval (mixed: in the heartbeat-on run)")
+    parser.add_argument("--runs", default="no-idle,off,on",
+                        help="mixed: which servers to run, in this order (no-idle, off: idle connections "
+                             "with the heartbeat off, on: with it on)")
     parser.add_argument("--storm-at", type=float, default=4.0,
                         help="storm: seconds into the rate run when every idle connection drops")
     args, passthrough = parser.parse_known_args()
@@ -44,9 +47,14 @@ def main() -> int:
     if args.scenario != "mixed":
         return _one_run(args, passthrough, idle=args.conns if args.scenario == "idle" else 0,
                         ping_interval=args.ping_interval, label=args.target)
+    runs = {"no-idle": ("no idle", 0, args.ping_interval), "off": ("idle, heartbeat off", args.conns, 0),
+            "on": ("idle, heartbeat on", args.conns, args.ping_interval)}
+    chosen = args.runs.split(",")
+    if not chosen or any(name not in runs for name in chosen):
+        parser.error(f"--runs: a comma-separated list of {', '.join(runs)}")
     status = 0
-    for label, idle, ping_interval in (("no idle", 0, args.ping_interval), ("idle, heartbeat off", args.conns, 0),
-                                       ("idle, heartbeat on", args.conns, args.ping_interval)):
+    for name in chosen:
+        label, idle, ping_interval = runs[name]
         status |= _one_run(args, passthrough, idle=idle, ping_interval=ping_interval, label=label)
     return status
 

@@ -7,11 +7,22 @@ import collections
 
 import pytest
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
 from tests.conftest import FakeClock
 from unichatd.errors import CloseCode
-from unichatd.keepalive import BATCH, PING_FRAME, PING_PAYLOAD, TICK, TIMEOUT_REASON, AnswersPings, Keepalive
+from unichatd.keepalive import (
+    BATCH,
+    PING_FRAME,
+    PING_PAYLOAD,
+    TICK,
+    TIMEOUT_REASON,
+    AnswersPings,
+    Keepalive,
+    waits_for_a_frame,
+)
 
 
 class FakePeer:
@@ -57,6 +68,39 @@ def test_the_pong_hook_is_one_websockets_calls() -> None:
     pong would ever be noted and every connection would be dropped after ping_timeout."""
     assert callable(getattr(ServerConnection, "acknowledge_pings", None))
     assert "acknowledge_pings" in vars(AnswersPings)
+
+
+def opened_protocol() -> ServerProtocol:
+    """websockets' sans-I/O server side, past its opening handshake."""
+    protocol = ServerProtocol()
+    protocol.receive_data(b"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          b"Sec-WebSocket-Version: 13\r\n\r\n")
+    [request] = protocol.events_received()
+    assert isinstance(request, Request)
+    protocol.send_response(protocol.accept(request))
+    return protocol
+
+
+def client_frame(opcode: Opcode, payload: bytes) -> bytes:
+    return Frame(opcode, payload).serialize(mask=True, extensions=[])
+
+
+def test_the_pong_is_taken_without_the_parser_only_between_frames() -> None:
+    """The keepalive reads its pong itself only where websockets would read a new frame: in
+    the middle of a frame the same ten bytes are payload, and after a close, nothing."""
+    protocol = opened_protocol()
+    assert waits_for_a_frame(protocol)
+    text = client_frame(Opcode.TEXT, b'{"type":"ping"}')
+    protocol.receive_data(text[:6])  # header and mask read, payload not yet: the buffer is empty
+    assert not protocol.reader.buffer
+    assert not waits_for_a_frame(protocol)
+    protocol.receive_data(text[6:])
+    assert [(event.opcode, event.data) for event in protocol.events_received() if isinstance(event, Frame)] \
+        == [(Opcode.TEXT, b'{"type":"ping"}')]
+    assert waits_for_a_frame(protocol)
+    protocol.receive_data(client_frame(Opcode.CLOSE, Close(1000, "").serialize()))
+    assert not waits_for_a_frame(protocol)
 
 
 def test_pings_of_connections_opened_together_are_spread_over_the_interval() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.connection import Connection as WebSocketConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
@@ -40,7 +42,7 @@ from tests.conftest import (
 )
 from unichatd.auth import mint_token
 from unichatd.config import Config
-from unichatd.keepalive import TICK
+from unichatd.keepalive import TICK, AnswersPings
 from unichatd.protocol import MAX_ID, REQUEST_TYPES
 from unichatd.store import AdminStore
 from unichatd.transport import CLOSE_TIMEOUT
@@ -579,6 +581,73 @@ async def test_a_peer_that_answered_and_then_stops_is_closed_within_interval_plu
             await peer.close()
 
     await with_server(make_config(tmp_path, server={"ping_interval": interval, "ping_timeout": timeout}), body)
+
+
+@pytest.mark.asyncio
+async def test_pongs_to_the_keepalive_skip_the_frame_parser(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle client's pongs are noted without websockets' frame parser (the keepalive's
+    cheap path), and the client stays connected through many pings."""
+    parsed: list[bytes] = []
+    parse = WebSocketConnection.data_received
+
+    def counting(self: Any, data: bytes) -> None:
+        if isinstance(self, AnswersPings):  # (the server's end; the client's runs here too)
+            parsed.append(data)
+        parse(self, data)
+
+    monkeypatch.setattr(WebSocketConnection, "data_received", counting)
+
+    async def body(running: RunningServer) -> None:
+        peer = await running.connect(1, ping_interval=None, close_timeout=1)
+        try:
+            far_end = server_side(running, peer)
+            parsed.clear()
+            await asyncio.sleep(1.0)  # (five pings, each answered by the client's library)
+            assert far_end.state.name == "OPEN"
+            assert parsed == [], "a pong went through websockets' parser"
+            assert (await peer.request({"type": "ping"}, "pong"))["type"] == "pong"
+            assert parsed, "frames from the client still reach websockets"
+        finally:
+            await peer.close()
+
+    await with_server(make_config(tmp_path, server={"ping_interval": 0.2, "ping_timeout": 0.5}), body)
+
+
+def pong_lookalike() -> tuple[bytes, bytes]:
+    """A masked text frame's header and a 10-byte payload that, on the wire, is exactly a
+    client's pong to the keepalive's ping (and reads as ASCII once unmasked)."""
+    rng = random.Random(16)
+    for _ in range(1_000_000):
+        pong_mask, text_mask = rng.randbytes(4), rng.randbytes(4)
+        wire = b"\x8a\x84" + pong_mask + bytes(b ^ m for b, m in zip(b"beat", pong_mask, strict=True))
+        if all(0x20 <= w ^ text_mask[i % 4] < 0x7f for i, w in enumerate(wire)):
+            return b"\x81\x8a" + text_mask, wire
+    raise AssertionError("no mask found")
+
+
+@pytest.mark.asyncio
+async def test_a_pong_lookalike_inside_a_frame_is_payload(tmp_path: Path) -> None:
+    """The pong is read without the parser only between frames: the same ten bytes as the
+    payload of a frame whose header came in an earlier read are that frame's payload."""
+    header, payload = pong_lookalike()
+
+    async def body(running: RunningServer) -> None:
+        peer = await running.connect(1, ping_interval=None, close_timeout=1)
+        try:
+            far_end = server_side(running, peer)
+            far_end.awaiting_pong = True  # (as if a ping were out)
+            peer.ws.transport.write(header)
+            await eventually(lambda: not far_end.protocol.reader.buffer, timeout=2)
+            await asyncio.sleep(0.05)  # (the header is read on its own)
+            peer.ws.transport.write(payload)
+            error = await peer.recv_type("error")
+            assert error["code"] == "invalid_json"  # (the frame's unmasked payload: ten ASCII bytes)
+            assert far_end.awaiting_pong
+        finally:
+            await peer.close()
+
+    await with_server(make_config(tmp_path, server={"ping_interval": 0}), body)
 
 
 @pytest.mark.asyncio
