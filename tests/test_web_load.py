@@ -79,7 +79,12 @@ async def test_a_burst_of_500_at_100_a_second_keeps_up(browser: Any, chat_server
         assert frame["type"] == "message_ack", frame
         acked += 1
     await sender.close()
-    await page.wait_for_function("window.shownAt.has('burst 499')", timeout=10_000)
+    # (polled from here: wait_for_function compiles its predicate in the page with eval,
+    # which the page's Content-Security-Policy refuses whenever a first check fails)
+    deadline = time.monotonic() + 10
+    while not await page.evaluate("window.shownAt.has('burst 499')"):
+        assert time.monotonic() < deadline, "the last message of the burst was not shown within 10 s"
+        await asyncio.sleep(0.05)
     shown_ms = await page.evaluate("window.shownAt.get('burst 499')")
     seen = await page.evaluate("window.shownAt.size")
     long_tasks = await page.evaluate("window.longTasks")
