@@ -50,7 +50,7 @@ def main() -> int:
     runs = {"no-idle": ("no idle", 0, args.ping_interval), "off": ("idle, heartbeat off", args.conns, 0),
             "on": ("idle, heartbeat on", args.conns, args.ping_interval)}
     chosen = args.runs.split(",")
-    if not chosen or any(name not in runs for name in chosen):
+    if any(name not in runs for name in chosen):
         parser.error(f"--runs: a comma-separated list of {', '.join(runs)}")
     status = 0
     for name in chosen:

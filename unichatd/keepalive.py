@@ -36,9 +36,10 @@ TICK = 0.01
 """Seconds at least between firings: what falls due within a tick shares one wake-up.
 Short, so that a firing's pings (and the pongs that come straight back) are a few
 hundred microseconds of the loop's time, not milliseconds: with 15,000 connections and
-a 20 s interval one firing has 7 or 8 due.  Longer ticks cost an idle server less (fewer
-wake-ups: 4.1–4.5 % of a core at 50 ms against 4.9–5.1 % at 10 ms with 15,000 idle
-connections) but bunch the work, which a busy room feels (docs/performance.md)."""
+a 20 s interval one firing has 7 or 8 due.  Longer ticks mean fewer wake-ups (alone, 50 ms
+ticks cost an idle server with 15,000 connections 4.1–4.5 % of a core against 4.9–5.1 %
+at 10 ms; the pong read without the parser, below, pays for the difference) but bunch
+the work, which a busy room feels (docs/performance.md)."""
 BATCH = 16
 """Connections handled per firing at most; more that are due wait for the next loop turn."""
 _GOLDEN = 0.6180339887498949
