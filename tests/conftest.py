@@ -28,7 +28,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests import browsing
-from unichatd.app import build_server
+from tests.services import postgres_rows
+from unichatd.app import build_server, open_admin
 from unichatd.auth import mint_token
 from unichatd.config import Config, parse_config
 from unichatd.server import UnichatServer
@@ -58,6 +59,7 @@ FILE_TIERS = {
     "test_bench.py": "bench",
     "test_api.py": "socket", "test_webhooks.py": "socket", "test_legacy.py": "socket", "test_signin.py": "socket",
     "test_api_schema.py": "process", "test_web_signin.py": "browser",
+    "test_postgres.py": "socket",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
 
@@ -253,13 +255,19 @@ class RunningServer:
     def admin(self) -> AdminStore:
         return AdminStore(self.config.database_path)
 
-    async def rooms(self, *specs: tuple[str, list[int]], room_type: str = "group") -> list[int]:
-        """Create rooms the CLI way; once the server runs, wait until it knows all of them."""
-        admin = self.admin()
+    def _create_rooms(self, specs: tuple[tuple[str, list[int]], ...], room_type: str) -> list[int]:
+        admin = open_admin(self.config)
         try:
-            ids = [admin.create_room(name, room_type, members) for name, members in specs]
+            return [admin.create_room(name, room_type, members) for name, members in specs]
         finally:
             admin.close()
+
+    async def rooms(self, *specs: tuple[str, list[int]], room_type: str = "group") -> list[int]:
+        """Create rooms the CLI way; once the server runs, wait until it knows all of them."""
+        if self.config.database_url:  # (the CLI's PostgreSQL admin runs an event loop of its own)
+            ids = await asyncio.to_thread(self._create_rooms, specs, room_type)
+        else:
+            ids = self._create_rooms(specs, room_type)
         if self._server is not None:
             directory = self._server.chat.directory
             await self.wait_for(lambda: all(
@@ -273,6 +281,9 @@ class RunningServer:
 
     def stored(self, room_id: int) -> list[tuple[int, int, str]]:
         """(id, sender_id, content) of the room's messages in the database, by id."""
+        if self.config.database_url:
+            return postgres_rows(self.config.database_url, "SELECT id, sender_id, content FROM messages "
+                                                           "WHERE room_id = $1 ORDER BY id", room_id)
         with contextlib.closing(sqlite3.connect(self.config.database_path)) as conn:
             return conn.execute(
                 "SELECT id, sender_id, content FROM messages WHERE room_id = ? ORDER BY id", (room_id,)

@@ -1,8 +1,9 @@
 """The composition root: which store and broker a server runs on, and the process around it.
 
-The embedded defaults are the only ones today: SQLite (``store.SqliteStore``) and the
-in-process hub (``hub.Hub``).  A second backend is chosen here, from the config, and
-nowhere else.
+The store is SQLite (``store.SqliteStore``, the embedded default) or PostgreSQL
+(``store.postgres.PostgresStore``, when ``storage.database`` is a ``postgresql://``
+URL); fan-out is the in-process hub (``hub.Hub``).  Backends are chosen here, from the
+config, and nowhere else — the CLI's administration included (``open_admin``).
 """
 
 from __future__ import annotations
@@ -18,20 +19,34 @@ import structlog
 from .auth import KeyRing
 from .config import Config
 from .hub import Hub
+from .interfaces import MessageStore
 from .keys import load_api_key
 from .server import UnichatServer
-from .store import SqliteStore
+from .store import AdminStore, SqliteStore
+from .store.postgres import PostgresAdmin, PostgresStore
 
 log = structlog.get_logger("unichatd.server")
 
 GC_THRESHOLD = 20_000
 
 
+def build_store(config: Config) -> MessageStore:
+    if config.database_url:
+        return PostgresStore(config.database_url, webhook_events=config.webhook_events)
+    return SqliteStore(config.database_path, webhook_events=config.webhook_events)
+
+
+def open_admin(config: Config) -> AdminStore | PostgresAdmin:
+    """The CLI's connection to the configured database (room commands, export, names)."""
+    if config.database_url:
+        return PostgresAdmin(config.database_url)
+    return AdminStore(config.database_path)
+
+
 def build_server(config: Config, keys: str | KeyRing, *, overrides: dict[str, Any] | None = None) -> UnichatServer:
     """A server on the store and broker the config asks for (not started)."""
     keyring = keys if isinstance(keys, KeyRing) else KeyRing.single(keys)
-    store = SqliteStore(config.database_path, webhook_events=config.webhook_events)
-    return UnichatServer(config, keyring, store=store, broker=Hub(), api_key=load_api_key(config),
+    return UnichatServer(config, keyring, store=build_store(config), broker=Hub(), api_key=load_api_key(config),
                          overrides=overrides)
 
 

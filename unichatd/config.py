@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -161,13 +161,33 @@ class Config:
     """Directory that relative paths in the file are resolved against."""
 
     @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL database, when ``storage.database`` is a ``postgresql://`` URL."""
+        database = self.storage.database
+        return database if database.startswith(POSTGRES_SCHEMES) else None
+
+    @property
     def database_path(self) -> Path:
+        """The SQLite file (when ``database_url`` is None)."""
         return self.resolve(self.storage.database)
+
+    @property
+    def database_name(self) -> str:
+        """The database as logs and messages name it (a URL without its password)."""
+        return redact(self.database_url) if self.database_url else str(self.database_path)
+
+    @property
+    def instance_path(self) -> Path:
+        """What the running server's lock file is named after: the SQLite file, or for
+        PostgreSQL ``unichatd-postgres`` in the config's directory."""
+        return self.base_dir / POSTGRES_INSTANCE if self.database_url else self.database_path
 
     @property
     def files_path(self) -> Path:
         files_dir = self.storage.files_dir
-        return self.resolve(files_dir) if files_dir else files_beside(self.database_path)
+        if files_dir:
+            return self.resolve(files_dir)
+        return self.base_dir / POSTGRES_FILES if self.database_url else files_beside(self.database_path)
 
     @property
     def webhook_events(self) -> frozenset[str]:
@@ -191,6 +211,19 @@ class Config:
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_INSTANCE = "unichatd-postgres"
+POSTGRES_FILES = "unichatd-files"
+
+
+def redact(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def files_beside(database: Path) -> Path:
@@ -293,6 +326,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         raise ConfigError(source, "api.api_key", "set api_key or api_key_file, not both")
     if config.api.api_key and len(config.api.api_key.encode()) < MIN_KEY_BYTES:
         raise ConfigError(source, "api.api_key", f"must be at least {MIN_KEY_BYTES} bytes")
+    if "://" in config.storage.database and config.database_url is None:
+        raise ConfigError(source, "storage.database", "must be a SQLite file path or a postgresql:// URL")
     if config.server.public_url and _url_origin(config.server.public_url) is None:
         raise ConfigError(source, "server.public_url", "must be an http:// or https:// URL, "
                                                        "e.g. https://chat.example.com")
@@ -457,7 +492,9 @@ def with_overrides(
         server = dataclasses.replace(server, port=port)
     storage = config.storage
     if database is not None:
-        storage = dataclasses.replace(storage, database=str(Path(database).resolve()))
+        if not database.startswith(POSTGRES_SCHEMES):
+            database = str(Path(database).resolve())
+        storage = dataclasses.replace(storage, database=database)
     return dataclasses.replace(config, server=server, storage=storage)
 
 
@@ -498,11 +535,12 @@ renewable = true                  # clients may renew their token (refresh_token
 # key_file = "keys/2026-11.key"
 
 [storage]
-database = "unichatd.db"          # SQLite file
+database = "unichatd.db"          # a SQLite file, or "postgresql://user@host/dbname" (run `unichatd migrate` first)
 retention_days = 0                # delete messages older than this many days; 0 keeps them forever
 room_retention_days = {}          # per-room overrides, e.g. { "12" = 7 }
 retention_interval = 300          # seconds between retention passes
 files_dir = ""                    # uploaded files; empty = "<database>-files" beside the database
+                                  # (for PostgreSQL, "unichatd-files" beside this file)
 
 [limits]
 messages_per_second = 10          # send_message rate per user, all connections together

@@ -65,7 +65,7 @@ class UnichatServer:
         self.store = store
         self.chat = Chat(config, store, broker, keyring)
         self._ws: Server | None = None
-        self._lock = InstanceLock(config.database_path)
+        self._lock = InstanceLock(config.instance_path)
         self._tls = load_tls(config)
         self._started = time.monotonic()
         self._conn_ids = itertools.count(1)
@@ -171,7 +171,7 @@ class UnichatServer:
                                   f"cannot write {pid_path}: {exc.strerror or exc}") from None
         await self._ws.start_serving()
         log.info("server.listening", host=server_config.host, port=self.port,
-                 path=server_config.path, database=str(self.config.database_path), tls=self._tls is not None)
+                 path=server_config.path, database=self.config.database_name, tls=self._tls is not None)
         systemd.notify_systemd("READY=1")
         interval = systemd.watchdog_interval()
         if interval is not None:
@@ -252,7 +252,7 @@ class UnichatServer:
             return
         old_server, new_server = current.server, fresh.server
         fixed = [name for name in _RESTART_KEYS if getattr(new_server, name) != getattr(old_server, name)]
-        if fresh.database_path != current.database_path:
+        if fresh.storage.database != current.storage.database:
             fixed.append("storage.database")
         if fresh.api != current.api:
             fixed.append("api")

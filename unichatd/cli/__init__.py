@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[config_option], help="run the server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=_port)
-    serve.add_argument("--db", metavar="PATH", help="SQLite database file")
+    serve.add_argument("--db", metavar="PATH", help="SQLite database file, or a postgresql:// URL")
 
     commands.add_parser("init", parents=[config_option],
                         help="write a commented config with a fresh signing key")
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", parents=[config_option],
                                  help="print a room's messages as JSON Lines, oldest first")
     export.add_argument("room_id", type=_positive_int, metavar="ROOM_ID")
+
+    commands.add_parser("migrate", parents=[config_option],
+                        help="create or upgrade the schema of the configured database")
+    copy = commands.add_parser("copy", parents=[config_option],
+                               help="copy a SQLite database into an empty PostgreSQL one")
+    copy.add_argument("--from", dest="source", required=True, metavar="SQLITE_PATH")
+    copy.add_argument("--to", dest="target", required=True, metavar="POSTGRES_URL")
 
     commands.add_parser("stop", parents=[config_option], help="stop the running server")
     status = commands.add_parser("status", parents=[config_option], help="ask the running server's /healthz")
@@ -194,6 +201,8 @@ _COMMANDS = {
     "room": local.room,
     "backup": local.backup,
     "export": local.export,
+    "migrate": local.migrate,
+    "copy": local.copy,
     "send": remote.send,
     "tail": remote.tail,
     "stop": remote.stop,

@@ -1,5 +1,5 @@
-"""The commands that work on the files themselves: init, serve, check-config, token,
-room, backup, export."""
+"""The commands that work on the files and the database themselves: init, serve,
+check-config, token, room, backup, export, migrate, copy."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..auth import mint_token
 from ..config import EMBEDDED, Config, files_beside, load_tls, render_config, with_overrides
 from ..errors import CommandFailed, ConfigError
 from ..files import copy_files
 from ..keys import load_api_key, load_keyring, write_private_file
-from ..store import AdminStore
+
+if TYPE_CHECKING:
+    from ..store import AdminStore
+    from ..store.postgres import PostgresAdmin
 
 EXIT_OK = 0
 ROOM_TYPES = ("group", "direct")
@@ -64,7 +68,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     log = structlog.get_logger("unichatd.cli")
     if config.source == EMBEDDED:
         log.warning("config.embedded_defaults", key_file=str(config.key_path),
-                    database=str(config.database_path))
+                    database=config.database_name)
     try:
         run(config, keys, overrides)
     except OSError as exc:
@@ -99,7 +103,7 @@ def invite(config: Config, args: argparse.Namespace) -> int:
 
 
 def room(config: Config, args: argparse.Namespace) -> int:
-    store = AdminStore(config.database_path)
+    store = open_admin(config)
     try:
         if args.room_command == "create":
             if not args.name.strip():
@@ -119,7 +123,7 @@ def room(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_rooms(store: AdminStore) -> None:
+def _print_rooms(store: AdminStore | PostgresAdmin) -> None:
     rows = [("ID", "NAME", "TYPE", "MESSAGES", "PARTICIPANTS")]
     for room in store.list_rooms():
         members = ", ".join(f"{name}({uid})" for uid, name in room.participants)
@@ -131,6 +135,9 @@ def _print_rooms(store: AdminStore) -> None:
 
 
 def backup(config: Config, args: argparse.Namespace) -> int:
+    if config.database_url:
+        raise CommandFailed("backup copies a SQLite database; back a PostgreSQL one up with pg_dump "
+                            "(and copy the files directory beside it)")
     target = Path(args.path).resolve()
     if args.path.endswith("/"):  # a directory, made if need be (cron's first run)
         target.mkdir(parents=True, exist_ok=True)
@@ -169,7 +176,7 @@ def export(config: Config, args: argparse.Namespace) -> int:
 
     from ..protocol import message_object
 
-    store = AdminStore(config.database_path)
+    store = open_admin(config)
     try:
         if not store.room_exists(args.room_id):
             raise CommandFailed(f"room {args.room_id} does not exist")
@@ -181,4 +188,48 @@ def export(config: Config, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         store.close()
+    return EXIT_OK
+
+
+def open_admin(config: Config) -> AdminStore | PostgresAdmin:
+    from ..app import open_admin as open_configured
+
+    return open_configured(config)
+
+
+def migrate(config: Config, args: argparse.Namespace) -> int:
+    """Bring the configured database's schema up to date (SQLite does it on every open)."""
+    import asyncio
+
+    from ..store import open_sync
+    from ..store.postgres import migrate_database
+
+    if not config.database_url:
+        open_sync(config.database_path).close()
+        print(f"{config.database_name}: schema is current", file=sys.stderr)
+        return EXIT_OK
+    before, after = asyncio.run(migrate_database(config.database_url))
+    if before == after:
+        print(f"{config.database_name}: schema is current", file=sys.stderr)
+    else:
+        print(f"{config.database_name}: schema version {before} -> {after}", file=sys.stderr)
+    return EXIT_OK
+
+
+def copy(config: Config, args: argparse.Namespace) -> int:
+    """Move a single-host installation over: every row of a SQLite database into an empty,
+    migrated PostgreSQL database (the uploaded files stay where ``files_dir`` says)."""
+    from ..config import POSTGRES_SCHEMES
+    from ..store.postgres import PostgresAdmin
+
+    if not args.target.startswith(POSTGRES_SCHEMES):
+        raise ConfigError("command line", "--to", "must be a postgresql:// URL")
+    source = Path(args.source).expanduser().resolve()
+    admin = PostgresAdmin(args.target)
+    try:
+        counts = admin.copy_from(source)
+    finally:
+        admin.close()
+    print(f"copied {counts['messages']} messages, {counts['rooms']} rooms and {counts['users']} users "
+          f"from {source}", file=sys.stderr)
     return EXIT_OK

@@ -21,7 +21,6 @@ from ..errors import CommandFailed, ConfigError
 from ..instance import Instance, running_instance
 from ..keys import load_keyring
 from ..protocol import MAX_ATTACHMENTS
-from ..store import AdminStore
 
 EXIT_OK = 0
 T = TypeVar("T")
@@ -39,9 +38,9 @@ def stop(config: Config, args: argparse.Namespace) -> int:
             raise CommandFailed(f"{path} does not hold a process id") from None
     else:
         # Without a pid file, the server is the one holding the database's lock.
-        instance = running_instance(config.database_path)
+        instance = running_instance(config.instance_path)
         if instance is None:
-            raise CommandFailed(f"no server is running on {config.database_path}")
+            raise CommandFailed(f"no server is running on {config.database_name}")
         pid = instance.pid
     try:
         os.kill(pid, signal.SIGTERM)
@@ -62,7 +61,7 @@ def stop(config: Config, args: argparse.Namespace) -> int:
 def _server_address(config: Config, args: argparse.Namespace) -> Instance:
     """Where the server is: --host/--port, else the server running on this database, else
     the config's address."""
-    running = running_instance(config.database_path)
+    running = running_instance(config.instance_path)
     if running is not None:
         base = running
     else:
@@ -102,7 +101,9 @@ def _client_for(config: Config, args: argparse.Namespace) -> tuple[str, str, ssl
     """The server's URL, a short-lived token for ``args.user_id`` under their stored name,
     and the TLS context to reach it with."""
     keys = load_keyring(config, create=False)
-    admin = AdminStore(config.database_path)
+    from .local import open_admin
+
+    admin = open_admin(config)
     try:
         username, first_name = admin.user_names(args.user_id)
     finally:

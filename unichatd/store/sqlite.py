@@ -14,66 +14,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from ..errors import StoreError
-from ..metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from ..models import (
-    Change,
     FileRef,
     MembershipChange,
     Message,
     NewMessage,
-    ReadResult,
-    Refusal,
-    RoomChanged,
-    Snapshot,
     Stored,
     StoredFile,
     UserInfo,
 )
 from ..protocol.search import SearchTerm
 from . import fulltext, queries
-from .operations import (
-    AppendMessage,
-    Barrier,
-    ChangeRoom,
-    CreateRoom,
-    DeleteMessage,
-    EditMessage,
-    HostChangeRoom,
-    IndexMessages,
-    LoadRooms,
-    MarkRead,
-    OpenDirect,
-    Operation,
-    Prune,
-    React,
-    RevokeUser,
-    SetLastSeen,
-    StoreFile,
-    UpsertUser,
-    WebhookProgress,
-    index_messages,
-)
+from .operations import IndexMessages, index_messages
 from .schema import configure, create_private, immediate, migrate
 from .threads import ConnectionThread
-from .writer import GroupCommitWriter
+from .writer import GroupCommitWriter, SqliteTransactions
+from .writes import WritingStore
 
 log = structlog.get_logger("unichatd.store")
 
 T = TypeVar("T")
 
 CHECKPOINT_INTERVAL = 0.1
+"""Seconds between background WAL checkpoints."""
 INDEX_INTERVAL = 0.2
 """Seconds between runs of the search indexer while it has caught up."""
 INDEX_BATCH = 5000
 """Messages indexed per run: a few milliseconds of the writer's time."""
-"""Seconds between background WAL checkpoints."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CACHE_PAGES = "-32000"
 """The daemon keeps hot index and table pages in memory (32 MB) instead of reading them
@@ -108,10 +82,11 @@ def _set_up_checkpointer(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA busy_timeout=5000")
 
 
-class SqliteStore:
+class SqliteStore(WritingStore):
     """Messages, rooms and read markers in one SQLite file, written by group commit."""
 
     def __init__(self, path: Path, *, webhook_events: frozenset[str] = frozenset()) -> None:
+        super().__init__()
         self.path = path
         self._webhook_events = webhook_events
         self._writer_thread = ConnectionThread("writer")
@@ -120,17 +95,12 @@ class SqliteStore:
         """Searches read on a connection of their own: a slow one never holds up a history
         page, a catch-up or a reply's check."""
         self._checkpointer = ConnectionThread("checkpoint")
-        self._writer: GroupCommitWriter | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._index_task: asyncio.Task[None] | None = None
         self._appends = 0
         """Messages handed to the writer."""
         self._indexed_appends = 0
         """The value of _appends when the index last caught up with everything committed."""
-        self.batch_sizes = Histogram(BATCH_BOUNDS)
-        """Operations per group-commit transaction (for metrics)."""
-        self.write_latency = Histogram(LATENCY_BOUNDS)
-        """Seconds per group-commit transaction, thread hop included (for metrics)."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -146,9 +116,10 @@ class SqliteStore:
             await self._checkpointer.open(self.path, _set_up_checkpointer)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
-        self._writer = GroupCommitWriter(self._writer_thread, next_message_id=next_id, database=str(self.path),
-                                         batch_sizes=self.batch_sizes, write_latency=self.write_latency,
-                                         webhook_events=self._webhook_events)
+        transactions = SqliteTransactions(self._writer_thread, next_message_id=next_id,
+                                          webhook_events=self._webhook_events)
+        self._writer = GroupCommitWriter(transactions, database=str(self.path), batch_sizes=self.batch_sizes,
+                                         write_latency=self.write_latency)
         self._checkpoint_task = asyncio.create_task(self._run_checkpoints(), name="unichatd-checkpoint")
         self._index_task = asyncio.create_task(self._run_indexer(), name="unichatd-indexer")
 
@@ -204,83 +175,9 @@ class SqliteStore:
             await thread.close()
         self._writer = None
 
-    def _submit(self, operation: Operation[T]) -> asyncio.Future[T]:
-        if self._writer is None:  # (closed, or never opened): the submitter gets the error
-            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            future.set_exception(StoreError("store is closing"))
-            return future
-        return self._writer.submit(operation)
-
-    # -- writes (each resolved after the commit that holds it) -------------------
-
     def append_message(self, message: NewMessage) -> asyncio.Future[Stored]:
-        """Store a message; resolves to it (or to the original, for a repeated client_msg_id)."""
-        self._appends += 1
-        return self._submit(AppendMessage(message))
-
-    def mark_read(self, room_id: int, user_id: int, message_ids: Sequence[int]) -> asyncio.Future[ReadResult | None]:
-        """Move the user's read marker; resolves to None when they are not a participant."""
-        return self._submit(MarkRead(room_id, user_id, tuple(message_ids)))
-
-    def edit_message(self, room_id: int, message_id: int, user_id: int, content: str,
-                     mentions: tuple[int, ...]) -> asyncio.Future[Change | Refusal]:
-        return self._submit(EditMessage(room_id, message_id, user_id, content, mentions))
-
-    def delete_message(self, room_id: int, message_id: int, user_id: int) -> asyncio.Future[Change | Refusal]:
-        return self._submit(DeleteMessage(room_id, message_id, user_id))
-
-    def react(self, room_id: int, message_id: int, user_id: int, emoji: str,
-              add: bool) -> asyncio.Future[Change | Refusal]:
-        return self._submit(React(room_id, message_id, user_id, emoji, add))
-
-    def upsert_user(self, user_id: int, username: str, first_name: str) -> asyncio.Future[None]:
-        return self._submit(UpsertUser(user_id, (username, first_name)))
-
-    def prune(self, room_id: int, before_ms: int, limit: int) -> asyncio.Future[int]:
-        """Delete up to ``limit`` of the room's oldest messages created before ``before_ms``.
-
-        Resolves to how many were deleted; a small ``limit`` keeps each transaction short,
-        so live writes queued meanwhile wait at most one such batch.
-        """
-        return self._submit(Prune(room_id, before_ms, limit))
-
-    def set_last_seen(self, seen: Sequence[tuple[int, int]]) -> asyncio.Future[None]:
-        return self._submit(SetLastSeen(tuple(seen)))
-
-    def create_room(self, name: str, room_type: str, owner_id: int | None,
-                    member_ids: Sequence[int]) -> asyncio.Future[RoomChanged]:
-        return self._submit(CreateRoom(name, room_type, owner_id, tuple(member_ids)))
-
-    def host_change_room(self, room_id: int, change: str, *, user_ids: Sequence[int] = (), name: str = "",
-                         owner_id: int | None = None) -> asyncio.Future[RoomChanged | Refusal]:
-        return self._submit(HostChangeRoom(room_id, change, tuple(user_ids), name, owner_id))
-
-    def revoke_user(self, user_id: int, before_ms: int) -> asyncio.Future[None]:
-        return self._submit(RevokeUser(user_id, before_ms))
-
-    def webhook_progress(self, cursors: Sequence[tuple[str, int]], prune_through: int,
-                         prune_limit: int = 10_000) -> asyncio.Future[int]:
-        return self._submit(WebhookProgress(tuple(cursors), prune_through, prune_limit))
-
-    def open_direct(self, user_id: int, other_id: int) -> asyncio.Future[RoomChanged]:
-        return self._submit(OpenDirect(user_id, other_id))
-
-    def change_room(self, room_id: int, user_id: int, change: str, *, user_ids: Sequence[int] = (),
-                    name: str = "") -> asyncio.Future[RoomChanged | Refusal]:
-        return self._submit(ChangeRoom(room_id, user_id, change, tuple(user_ids), name))
-
-    def store_file(self, uploader_id: int, name: str, size: int, content_type: str,
-                   storage_key: str) -> asyncio.Future[FileRef]:
-        return self._submit(StoreFile(uploader_id, name, size, content_type, storage_key))
-
-    def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]:
-        """Rooms with participants, markers, unread counts and last messages (all if None),
-        in the writer's sequence: exact as of the commits resolved before it."""
-        return self._submit(LoadRooms(None if room_ids is None else tuple(room_ids)))
-
-    def flush(self) -> asyncio.Future[None]:
-        """Resolves once every write submitted before it has committed and been answered."""
-        return self._submit(Barrier())
+        self._appends += 1  # (the indexer's cue)
+        return super().append_message(message)
 
     # -- reads -----------------------------------------------------------------------
 

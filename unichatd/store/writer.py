@@ -1,10 +1,10 @@
-"""The group-commit writer: every write of the daemon, in one sequence, one thread.
+"""The group-commit writer: every write of the daemon, in one sequence.
 
 Whatever was submitted while the previous transaction ran goes into the next single
-``BEGIN IMMEDIATE … COMMIT``, and each submitter's future is resolved (in submission
-order) only after that commit.  So an acknowledged message is on disk, and the thread
-hop is paid per batch, not per message.  Message ids are assigned here, by the single
-writer, so they grow strictly across the whole server.
+transaction, and each submitter's future is resolved (in submission order) only after
+that commit.  So an acknowledged message is on disk, and the cost of a transaction
+(a thread hop for SQLite, a round trip for PostgreSQL) is paid per batch, not per
+message.  How a batch becomes one transaction is the backend's ``Transactions``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -30,6 +31,12 @@ log = structlog.get_logger("unichatd.store")
 T = TypeVar("T")
 
 
+class Transactions(Protocol):
+    async def run(self, operations: Sequence[Operation[Any]]) -> list[Any]:
+        """Run ``operations`` in one transaction, in order; their results once it committed.
+        Raises (and leaves nothing written) when the transaction fails."""
+
+
 @dataclass(slots=True)
 class _Pending:
     operation: Operation[Any]
@@ -41,14 +48,55 @@ class _Failed:
     error: str
 
 
-class GroupCommitWriter:
-    """Runs submitted operations in group commits on its own connection thread."""
+class SqliteTransactions:
+    """Batches as ``BEGIN IMMEDIATE … COMMIT`` on the writer's connection thread.  Message
+    ids are assigned here, by the single writer, so they grow strictly across the server."""
 
-    def __init__(self, connection: ConnectionThread, *, next_message_id: int, database: str,
-                 batch_sizes: Histogram, write_latency: Histogram,
+    def __init__(self, connection: ConnectionThread, *, next_message_id: int,
                  webhook_events: frozenset[str] = frozenset()) -> None:
         self._connection = connection
         self._ids = MessageIds(next_message_id)
+        self._message_events = webhook_events & outbox.MESSAGE_EVENTS
+        """The message events some webhook wants: written with the batch that makes them."""
+
+    async def run(self, operations: Sequence[Operation[Any]]) -> list[Any]:
+        return await self._connection.call(partial(self._write, operations=operations))
+
+    def _write(self, conn: sqlite3.Connection, operations: Sequence[Operation[Any]]) -> list[Any]:
+        """One transaction for the whole batch; runs on the writer's thread."""
+        results: list[Any] = []
+        ids = MessageIds(self._ids.next)
+        with immediate(conn):
+            start = 0
+            while start < len(operations):
+                operation = operations[start]
+                kind: Any = type(operation)  # (a batched kind has run_many)
+                done = len(results)
+                if kind.batched:
+                    end = start + 1
+                    while end < len(operations) and type(operations[end]) is kind:
+                        end += 1
+                    results.extend(kind.run_many(conn, ids, operations[start:end]))
+                    start = end
+                else:
+                    results.append(operation.run(conn, ids))
+                    start += 1
+                if self._message_events:
+                    # (after each step, so events keep the order of the changes: a room's
+                    # member_removed written by a later step follows this step's messages)
+                    outbox.record_writes(conn, results[done:], self._message_events)
+            if ids.next != self._ids.next:
+                conn.execute("UPDATE message_numbers SET last = ?", (ids.next - 1,))
+        self._ids = ids  # only a committed batch uses up ids
+        return results
+
+
+class GroupCommitWriter:
+    """Runs submitted operations in group commits, one transaction at a time."""
+
+    def __init__(self, transactions: Transactions, *, database: str, batch_sizes: Histogram,
+                 write_latency: Histogram) -> None:
+        self._transactions = transactions
         self._database = database
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -58,8 +106,6 @@ class GroupCommitWriter:
         """The error the last write failed with, until a write succeeds (logged once)."""
         self._batch_sizes = batch_sizes
         self._write_latency = write_latency
-        self._message_events = webhook_events & outbox.MESSAGE_EVENTS
-        """The message events some webhook wants: written with the batch that makes them."""
         self._task = asyncio.create_task(self._run(), name="unichatd-writer")
 
     def submit(self, operation: Operation[T]) -> asyncio.Future[T]:
@@ -89,7 +135,7 @@ class GroupCommitWriter:
                 continue
             started = time.perf_counter()
             try:
-                results = await self._connection.call(partial(self._write, batch=batch))
+                results = await self._transactions.run([pending.operation for pending in batch])
             except Exception:  # noqa: BLE001  (whatever it was, the batch is retried op by op)
                 # The transaction was rolled back. Whatever made it fail must not fail the
                 # others: each operation is tried again in a transaction of its own.
@@ -116,7 +162,7 @@ class GroupCommitWriter:
 
     async def _write_alone(self, pending: _Pending) -> Any:
         try:
-            return (await self._connection.call(partial(self._write, batch=[pending])))[0]
+            return (await self._transactions.run([pending.operation]))[0]
         except Exception as exc:  # noqa: BLE001  (answered to the submitter as a StoreError)
             # A full disk or a read-only file fails every write alike: say so once, not per write.
             if str(exc) != self._failure:
@@ -124,31 +170,3 @@ class GroupCommitWriter:
                 log.error("store.write_failed", kind=pending.operation.kind,
                           error=str(exc), database=self._database)
             return _Failed(str(exc))
-
-    def _write(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Any]:
-        """One transaction for the whole batch; runs on the writer's thread."""
-        results: list[Any] = []
-        ids = MessageIds(self._ids.next)
-        with immediate(conn):
-            start = 0
-            while start < len(batch):
-                operation = batch[start].operation
-                kind: Any = type(operation)  # (a batched kind has run_many)
-                done = len(results)
-                if kind.batched:
-                    end = start + 1
-                    while end < len(batch) and type(batch[end].operation) is kind:
-                        end += 1
-                    results.extend(kind.run_many(conn, ids, [p.operation for p in batch[start:end]]))
-                    start = end
-                else:
-                    results.append(operation.run(conn, ids))
-                    start += 1
-                if self._message_events:
-                    # (after each step, so events keep the order of the changes: a room's
-                    # member_removed written by a later step follows this step's messages)
-                    outbox.record_writes(conn, results[done:], self._message_events)
-            if ids.next != self._ids.next:
-                conn.execute("UPDATE message_numbers SET last = ?", (ids.next - 1,))
-        self._ids = ids  # only a committed batch uses up ids
-        return results
