@@ -30,6 +30,7 @@ from unichatd.models import (
     NewMessage,
     ReadResult,
     Refusal,
+    Resynced,
     RoomChanged,
     RoomRecord,
     Snapshot,
@@ -146,8 +147,22 @@ class FakeStore:
 
         return self._write(apply)
 
+    def resync(self, after: int) -> asyncio.Future[Resynced]:
+        def read() -> Resynced:
+            snapshot = self.load_rooms().result()
+            newer = [m for m in self.messages if m.id > after]
+            return Resynced(max((m.id for m in self.messages), default=0), snapshot, newer)
+
+        return self._write(read)
+
     def flush(self) -> asyncio.Future[None]:
         return self._write(lambda: None)
+
+    async def last_number(self) -> int:
+        return max((m.id for m in self.messages), default=0)
+
+    def set_commit_gate(self, gate: Any) -> None:
+        raise AssertionError("the chat service alone (no cluster) never sets a commit gate")
 
     async def history(self, room_id: int, *, before_id: int | None, after_id: int | None,
                       limit: int) -> tuple[list[Message], bool]:

@@ -221,7 +221,7 @@ class ServerApi:
         payload = orjson.dumps((await read_body(request, "NotifyRequest"))["payload"])
         if len(payload) > openapi.NOTIFY_MAX_BYTES:
             raise invalid("payload", f"at most {openapi.NOTIFY_MAX_BYTES} bytes as JSON")
-        return json_response({"delivered": self._host.notify(user_id, payload)})
+        return json_response({"delivered": await self._host.notify(user_id, payload)})
 
     async def _revoke(self, request: web.Request) -> web.Response:
         await self._host.revoke(path_id(request))

@@ -46,8 +46,26 @@ def open_admin(config: Config) -> AdminStore | PostgresAdmin:
 def build_server(config: Config, keys: str | KeyRing, *, overrides: dict[str, Any] | None = None) -> UnichatServer:
     """A server on the store and broker the config asks for (not started)."""
     keyring = keys if isinstance(keys, KeyRing) else KeyRing.single(keys)
-    return UnichatServer(config, keyring, store=build_store(config), broker=Hub(), api_key=load_api_key(config),
-                         overrides=overrides)
+    store = build_store(config)
+    server = UnichatServer(config, keyring, store=store, broker=Hub(), api_key=load_api_key(config),
+                           overrides=overrides)
+    if config.cluster.broker:
+        join_cluster(server, store, config)
+    return server
+
+
+def join_cluster(server: UnichatServer, store: MessageStore, config: Config) -> None:
+    """Several processes: events through Redis, send limits kept there, presence shared."""
+    from .bus import RedisBus
+    from .cluster import Cluster
+    from .redislimits import SharedLimits
+
+    bus = RedisBus(config.cluster.broker, config.cluster.prefix)
+    chat = server.chat
+    chat.cluster = chat.presence.peers = Cluster(chat, store, bus)
+    limits = config.limits
+    chat.shared_limits = SharedLimits(bus.client, config.cluster.prefix, limits.messages_per_second,
+                                      limits.message_burst)
 
 
 async def serve_forever(config: Config, keys: KeyRing, overrides: dict[str, Any] | None = None) -> None:

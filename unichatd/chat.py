@@ -11,16 +11,17 @@ as the database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from . import protocol
-from .auth import Identity, KeyRing
+from .auth import TOKEN_REVOKED, Identity, KeyRing
 from .clock import Clock, LoopClock, Timer
 from .config import Config
-from .errors import ClientError, CloseCode, ErrorCode, RateLimited
+from .errors import ClientError, CloseCode, ErrorCode, RateLimited, StoreError
 from .files import FileStore
 from .interfaces import Broker, Connection, Listener, MessageStore
 from .limits import TokenBucket
@@ -30,10 +31,12 @@ from .models import (
     Change,
     FileRef,
     MembershipChange,
+    Message,
     NewMessage,
     ReadResult,
     Refusal,
     RoomChanged,
+    Snapshot,
     Stored,
     UserInfo,
 )
@@ -42,9 +45,14 @@ from .rooms import RoomDirectory
 from .stats import Stats
 from .updates import RoomUpdates
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .redislimits import SharedLimits
+
 log = structlog.get_logger("unichatd.chat")
 
 TYPING_TIMEOUT = 6.0
+HEALTH_INTERVAL = 1.0
 REMOVED_FROM_ROOM = "removed_from_room"
 LEFT_ROOM = "left_room"
 SNIPPET_CHARS = 200
@@ -86,26 +94,51 @@ class Chat:
         """user id → ms before which their tokens are refused (api.md, revoke)."""
         self.listeners: dict[int, set[Listener]] = {}
         """user id → their notification-only connections (api.md, /ws/notifications/)."""
+        self.cluster: Cluster | None = None
+        """The other processes of the chat space, when there are any (``cluster``)."""
+        self.shared_limits: SharedLimits | None = None
+        """Send limits kept in Redis for all processes (else each process keeps its own)."""
+        self._background: set[asyncio.Task[None]] = set()
+        self.database_reachable = True
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         self.files.open()
-        snapshot = await self.store.load_rooms()
+        if self.cluster is not None:
+            snapshot = (await self.cluster.start()).snapshot
+        else:
+            snapshot = await self.store.load_rooms()
         self.directory.apply(snapshot)
         self.revocations = await self.store.revocations()
         self.presence.load(snapshot.last_seen)
         self.membership.start(snapshot.membership_log_id)
         self.retention.start()
+        self.spawn(self.watch_database())
 
     async def stop(self) -> None:
         await self.membership.stop()
         await self.retention.stop()
+        for task in tuple(self._background):
+            task.cancel()
         for timer in self._typing.values():
             timer.cancel()
         self._typing.clear()
         self.updates.send_all()
         await self.presence.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background (cancelled at stop; a failure is logged)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("chat.background_failed", error=repr(task.exception()))
 
     def reconfigure(self, config: Config, keyring: KeyRing) -> None:
         """Take reloaded limits and keys; buckets already handed out adopt the new rates."""
@@ -114,6 +147,8 @@ class Chat:
         limits = config.limits
         for bucket in self._send_buckets.values():
             bucket.rate, bucket.burst = limits.messages_per_second, limits.message_burst
+        if self.shared_limits is not None:
+            self.shared_limits.rate, self.shared_limits.burst = limits.messages_per_second, limits.message_burst
         for connection in self.broker.sessions():
             connection.apply_limits()
 
@@ -156,13 +191,25 @@ class Chat:
             if not listeners:
                 del self.listeners[listener.user_id]
 
-    def notify(self, user_id: int, frame: bytes) -> int:
-        """A ``notification`` to every connection of the user; returns how many got it."""
+    async def notify(self, user_id: int, frame: bytes) -> int:
+        """A ``notification`` to every connection of the user, in every process; returns
+        how many got it."""
+        if self.cluster is not None:
+            return await self.cluster.notify(user_id, frame)
+        return self.notify_here(user_id, frame)
+
+    def notify_here(self, user_id: int, frame: bytes) -> int:
+        """:meth:`notify`, for this process's connections."""
         count = self.broker.publish_to_user(user_id, frame)
         for listener in tuple(self.listeners.get(user_id, ())):
             listener.send(frame)
             count += 1
         return count
+
+    def revoked(self, user_id: int, before_ms: int) -> None:
+        """A revocation another process made: refuse the user's older tokens here too."""
+        self.revocations[user_id] = max(before_ms, self.revocations.get(user_id, 0))
+        self.close_user(user_id, TOKEN_REVOKED)
 
     def close_user(self, user_id: int, reason: str) -> None:
         """Close every connection of the user with 4001 (a revocation)."""
@@ -225,7 +272,7 @@ class Chat:
             asked = self._leaving.get((room_id, user_id), ()) if leaving else ()
             self.broker.publish_to_user(user_id, frame, leaving_room=room_id, exclude=asked)
             if (room_id, user_id) in self._typing:
-                self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0])
+                self._stop_typing(room_id, user_id, self.directory.users.get(user_id, ("", ""))[0], tell_peers=False)
         for room_id in relisted:
             if room_id in self.directory.rooms:
                 self.updates.room_changed(room_id, members=True)
@@ -242,11 +289,10 @@ class Chat:
         included) are limited like any other.
         """
         user_id = connection.user_id
-        bucket = self._send_buckets.get(user_id)
-        if bucket is None:
-            limits = self.config.limits
-            bucket = self._send_buckets[user_id] = TokenBucket(limits.messages_per_second, limits.message_burst)
-        wait_ms = bucket.take()
+        if self.shared_limits is not None:
+            wait_ms = await self.shared_limits.take(user_id, self._bucket(user_id))
+        else:
+            wait_ms = self._bucket(user_id).take()
         if wait_ms:
             raise RateLimited(wait_ms, room_id=request.room_id)
         await self.ensure_access(request.room_id, user_id)
@@ -276,6 +322,13 @@ class Chat:
             request.content, request.reply_to, request.client_msg_id, thread_root_id, mentions, attachments,
         ))
 
+    def _bucket(self, user_id: int) -> TokenBucket:
+        bucket = self._send_buckets.get(user_id)
+        if bucket is None:
+            limits = self.config.limits
+            bucket = self._send_buckets[user_id] = TokenBucket(limits.messages_per_second, limits.message_burst)
+        return bucket
+
     async def _mentions_after_catch_up(self, room_id: int, user_id: int, content: str) -> tuple[int, ...]:
         """Who ``content`` mentions, when a name in it matched no participant: it may be one
         the CLI added a moment ago, so membership changes not applied yet are read first."""
@@ -294,7 +347,8 @@ class Chat:
                       room_id=message.room_id, message_id=message.id)
         self.directory.record_message(message)
         if (message.room_id, message.sender_id) in self._typing:
-            self._stop_typing(message.room_id, message.sender_id, message.sender_username)
+            # (every process stops it on the message itself: no need to tell the others)
+            self._stop_typing(message.room_id, message.sender_id, message.sender_username, tell_peers=False)
         self.stats.deliveries += self.broker.publish(
             message.room_id, protocol.new_message_frame(message, wire), message_id=message.id
         )
@@ -313,11 +367,8 @@ class Chat:
             mentions = await self._mentions_after_catch_up(room_id, user_id, request.content)
         outcome = await self.store.edit_message(room_id, request.message_id, user_id, request.content, mentions)
         change = self._accepted(outcome, room_id, "edit")
-        relist = self.directory.record_change(change)
         answer(protocol.message_updated_frame(change.message, request.request_id))
-        self.broker.publish(room_id, protocol.message_updated_frame(change.message))
-        if relist:
-            self.updates.room_changed(room_id)
+        self.applied_change("edit", change)
 
     async def delete_message(self, connection: Connection, request: protocol.DeleteMessage,
                              answer: Callable[[bytes], None]) -> None:
@@ -325,12 +376,9 @@ class Chat:
         await self.ensure_access(room_id, user_id)
         change = self._accepted(await self.store.delete_message(room_id, request.message_id, user_id),
                                 room_id, "delete")
-        relist = change.changed and self.directory.record_change(change)
         answer(protocol.message_deleted_frame(change.message, request.request_id))
         if change.changed:
-            self.broker.publish(room_id, protocol.message_deleted_frame(change.message))
-        if relist:
-            self.updates.room_changed(room_id)
+            self.applied_change("delete", change)
 
     async def react(self, connection: Connection, request: protocol.React, answer: Callable[[bytes], None]) -> None:
         room_id, user_id = request.room_id, connection.user_id
@@ -340,7 +388,49 @@ class Chat:
             room_id, "react to")
         answer(protocol.reactions_updated_frame(change.message, request.request_id))
         if change.changed:
+            self.applied_change("react", change)
+
+    def applied_change(self, kind: str, change: Change) -> None:
+        """A committed edit, delete or reaction (``kind``), this process's or another's:
+        memory and the room's subscribers learn of it."""
+        room_id = change.message.room_id
+        if kind == "react":
             self.broker.publish(room_id, protocol.reactions_updated_frame(change.message))
+            return
+        relist = self.directory.record_change(change)
+        frame = protocol.message_deleted_frame if kind == "delete" else protocol.message_updated_frame
+        self.broker.publish(room_id, frame(change.message))
+        if relist:
+            self.updates.room_changed(room_id)
+
+    def changed_in_gap(self, message: Message) -> None:
+        """A change another process committed and could not tell (found by a resync): the
+        subscribers get the message as it now is; the snapshot after it fixes the counts."""
+        frame = protocol.message_deleted_frame if message.deleted else protocol.message_updated_frame
+        self.broker.publish(message.room_id, frame(message))
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """After a resync: the directory as the database holds it; connected users whose
+        counts moved get their rooms listed again."""
+        directory = self.directory
+        users = {connection.user_id for connection in self.broker.sessions()}
+        before = {(room_id, user_id): (directory.unread(room_id, user_id), directory.mention_count(room_id, user_id))
+                  for user_id in users for room_id in directory.rooms_of(user_id)}
+        previews = {room_id: room.last_message for room_id, room in directory.rooms.items()}
+        directory.apply(snapshot)
+        for room_id, room in snapshot.rooms.items():
+            if previews.get(room_id) != room.last_message:
+                self.updates.room_changed(room_id)
+        for (room_id, user_id), counts in before.items():
+            if room_id in directory.rooms and counts != (directory.unread(room_id, user_id),
+                                                         directory.mention_count(room_id, user_id)):
+                self.updates.changed_for(user_id, room_id)
+
+    async def reload_room(self, room_id: int) -> None:
+        """Another process pruned the room: its counts and preview as the database has them."""
+        self.directory.apply(await self.store.load_rooms([room_id]))
+        if room_id in self.directory.rooms:
+            self.updates.room_changed(room_id)
 
     @staticmethod
     def _accepted(outcome: Change | Refusal, room_id: int, verb: str) -> Change:
@@ -496,14 +586,20 @@ class Chat:
         result = await self.store.mark_read(room_id, user_id, request.message_ids)
         if result is None:  # removed from the room while the request waited
             raise ClientError.access_denied(room_id)
+        self.applied_read(room_id, user_id, request.message_ids, result, answer)
+
+    def applied_read(self, room_id: int, user_id: int, message_ids: tuple[int, ...], result: ReadResult,
+                     answer: Callable[[ReadResult], None] | None = None) -> None:
+        """A committed read marker (this process's, answered first, or another's)."""
         directory = self.directory
         changed_unread = (directory.unread(room_id, user_id) != result.unread_count
                           or directory.mention_count(room_id, user_id) != result.mention_count)
         directory.record_read(room_id, user_id, result.last_read_id, result.unread_count, result.mention_count)
-        answer(result)
+        if answer is not None:
+            answer(result)
         if result.moved:
             self.broker.publish(room_id, protocol.message_read_frame(
-                room_id, user_id, request.message_ids, result.last_read_id
+                room_id, user_id, message_ids, result.last_read_id
             ))
         if changed_unread:
             self.updates.changed_for(user_id, room_id)
@@ -514,21 +610,32 @@ class Chat:
         user_id, room_id = connection.user_id, request.room_id
         await self.ensure_access(room_id, user_id)
         username = connection.identity.username
+        if self.cluster is not None:
+            self.cluster.typing(room_id, user_id, username, request.is_typing)
+        self.typing_elsewhere(room_id, user_id, username, request.is_typing, tell_peers=False)
+
+    def typing_elsewhere(self, room_id: int, user_id: int, username: str, is_typing: bool, *,
+                         tell_peers: bool = False) -> None:
+        """Typing started or stopped (here, or in another process): each process expires it
+        on its own, so a process gone mid-sentence leaves nobody typing for ever."""
         key = (room_id, user_id)
-        if not request.is_typing:
+        if not is_typing:
             if key in self._typing:
-                self._stop_typing(room_id, user_id, username)
+                self._stop_typing(room_id, user_id, username, tell_peers=tell_peers)
             return
         previous = self._typing.pop(key, None)
         if previous is not None:
             previous.cancel()
-        self._typing[key] = self.clock.call_later(TYPING_TIMEOUT, self._stop_typing, room_id, user_id, username)
+        self._typing[key] = self.clock.call_later(
+            TYPING_TIMEOUT, partial(self._stop_typing, room_id, user_id, username, tell_peers=False))
         self.broker.publish(room_id, protocol.typing_frame(room_id, user_id, username, True), exclude_user=user_id)
 
-    def _stop_typing(self, room_id: int, user_id: int, username: str) -> None:
+    def _stop_typing(self, room_id: int, user_id: int, username: str, *, tell_peers: bool = True) -> None:
         timer = self._typing.pop((room_id, user_id), None)
         if timer is not None:
             timer.cancel()
+        if tell_peers and self.cluster is not None:
+            self.cluster.typing(room_id, user_id, username, False)
         self.broker.publish(room_id, protocol.typing_frame(room_id, user_id, username, False),
                             exclude_user=user_id)
 
@@ -542,9 +649,31 @@ class Chat:
         return self.directory.room_list(user_id)
 
     def health(self, uptime_s: float) -> dict[str, Any]:
+        """``/healthz``: ``status`` is ``unavailable`` (and the answer 503) while the database
+        or the broker cannot be reached."""
+        database = "ok" if self.database_reachable else "unreachable"
+        broker = "none" if self.cluster is None else "ok" if self.cluster.bus.connected else "unreachable"
         return {
-            "status": "ok",
+            "status": "ok" if "unreachable" not in (database, broker) else "unavailable",
             "connections": self.broker.connection_count,
             "rooms_active": self.broker.active_rooms,
             "uptime_s": int(uptime_s),
+            "database": database,
+            "broker": broker,
         }
+
+    async def watch_database(self) -> None:
+        """Read the database every HEALTH_INTERVAL (``/healthz`` says when it stops answering)."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            try:
+                async with asyncio.timeout(HEALTH_INTERVAL * 2):
+                    await self.store.last_number()
+            except (StoreError, TimeoutError) as exc:
+                if self.database_reachable:
+                    log.warning("database.unreachable", error=str(exc) or "timeout")
+                self.database_reachable = False
+            else:
+                if not self.database_reachable:
+                    log.info("database.reachable")
+                self.database_reachable = True

@@ -126,6 +126,16 @@ class ApiConfig:
     api_key_file: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """More than one process (operations.md): the broker they share, and its namespace."""
+
+    broker: str = ""
+    """"" = one process; "redis://host:port/db" = several, sharing events through Redis."""
+    prefix: str = "unichatd"
+    """Every Redis key and channel starts with it, so installations can share one Redis."""
+
+
 WEBHOOK_EVENTS = ("message_created", "message_updated", "message_deleted", "room_created", "member_added",
                   "member_removed")
 
@@ -154,6 +164,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     source: str = EMBEDDED
     """The file this config came from, or ``<embedded defaults>``."""
@@ -214,6 +225,7 @@ class Config:
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 POSTGRES_INSTANCE = "unichatd-postgres"
 POSTGRES_FILES = "unichatd-files"
 
@@ -239,6 +251,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "rooms": RoomsConfig,
     "log": LogConfig,
     "api": ApiConfig,
+    "cluster": ClusterConfig,
 }
 
 # Range rules: key -> (minimum, maximum); None means unbounded.
@@ -328,6 +341,14 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         raise ConfigError(source, "api.api_key", f"must be at least {MIN_KEY_BYTES} bytes")
     if "://" in config.storage.database and config.database_url is None:
         raise ConfigError(source, "storage.database", "must be a SQLite file path or a postgresql:// URL")
+    broker = config.cluster.broker
+    if broker and not broker.startswith(REDIS_SCHEMES):
+        raise ConfigError(source, "cluster.broker", "must be empty or a redis:// URL")
+    if broker and config.database_url is None:
+        raise ConfigError(source, "cluster.broker", "several processes share a PostgreSQL database: set "
+                                                    "storage.database to a postgresql:// URL")
+    if not config.cluster.prefix or not config.cluster.prefix.isprintable():
+        raise ConfigError(source, "cluster.prefix", "must be a non-empty string")
     if config.server.public_url and _url_origin(config.server.public_url) is None:
         raise ConfigError(source, "server.public_url", "must be an http:// or https:// URL, "
                                                        "e.g. https://chat.example.com")
@@ -558,6 +579,10 @@ presence_max_members = 100        # presence changes reach those sharing a room 
 [log]
 level = "info"                    # debug, info, warning, error
 format = "json"                   # "json" (one object a line) or "console"
+
+[cluster]                         # more than one process (README, "Scaling out")
+broker = ""                       # "" = one process; "redis://127.0.0.1:6379/0" = several, through Redis
+prefix = "unichatd"               # namespaces Redis keys and channels (installations sharing one Redis)
 
 [api]                             # the server API for your application (HTTP, JSON)
 host = "127.0.0.1"

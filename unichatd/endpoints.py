@@ -101,7 +101,9 @@ class Endpoints:
             page = self._web_files.page(ws_path, self.config.limits.max_content_chars)
             return routes.web_client(request, path, self._web_files, page)
         if path == "/healthz":
-            return routes.respond(http.HTTPStatus.OK, orjson.dumps(self._health()), "application/json", head=head)
+            health = self._health()
+            status = http.HTTPStatus.OK if health["status"] == "ok" else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return routes.respond(status, orjson.dumps(health), "application/json", head=head)
         refusal = self._metrics_refusal(connection, request)
         if refusal is not None:
             return refusal

@@ -62,8 +62,8 @@ class HostActions:
         return {"id": user_id, "username": username, "first_name": first_name, "online": online,
                 "last_seen": last_seen}
 
-    def notify(self, user_id: int, payload: bytes) -> int:
-        return self.chat.notify(user_id, protocol.notification_frame(payload))
+    async def notify(self, user_id: int, payload: bytes) -> int:
+        return await self.chat.notify(user_id, protocol.notification_frame(payload))
 
     async def revoke(self, user_id: int) -> None:
         """Tokens issued before now are refused from now on (kept in the database, so after

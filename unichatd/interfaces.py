@@ -6,8 +6,8 @@ reach connections.  The embedded implementations are ``store.SqliteStore`` and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .auth import Identity
 from .errors import CloseCode
@@ -20,6 +20,7 @@ from .models import (
     NewMessage,
     ReadResult,
     Refusal,
+    Resynced,
     RoomChanged,
     Snapshot,
     Stored,
@@ -27,6 +28,9 @@ from .models import (
     UserInfo,
 )
 from .protocol.search import SearchTerm
+
+if TYPE_CHECKING:
+    from .store.writer import CommitGate
 
 
 class MessageStore(Protocol):
@@ -101,6 +105,13 @@ class MessageStore(Protocol):
 
     def load_rooms(self, room_ids: Iterable[int] | None = None) -> asyncio.Future[Snapshot]: ...
 
+    def set_commit_gate(self, gate: CommitGate) -> None:
+        """Answer each committed batch through ``gate`` (several processes, one database)."""
+
+    def resync(self, after: int) -> asyncio.Future[Resynced]:
+        """Every room as of the last number given (message id or revision), and the messages
+        created or changed after ``after``; answered without waiting for the commit gate."""
+
     def flush(self) -> asyncio.Future[None]:
         """Resolves once every write submitted before it has been answered."""
 
@@ -123,6 +134,9 @@ class MessageStore(Protocol):
         (``other_rooms``: every room not searched, which may be the shorter list to name)."""
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]: ...
+
+    async def last_number(self) -> int:
+        """The last number given as a message id or revision (committed)."""
 
     async def revocations(self) -> dict[int, int]:
         """user id → the ms before which their tokens are refused."""
@@ -147,6 +161,24 @@ class MessageStore(Protocol):
 
     async def uploads_since(self, uploader_id: int, since_ms: int) -> list[tuple[int, int]]:
         """(created_ms, size) of the user's files since ``since_ms``, oldest first."""
+
+
+class Bus(Protocol):
+    """Events between the processes of one chat space (``bus.RedisBus``): every process
+    hears every event published by the others, in the order each published them."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self, receive: Callable[[bytes], None]) -> None:
+        """Start hearing events (``receive`` runs on the loop, and must not block)."""
+
+    def publish(self, event: bytes) -> None:
+        """Queue an event for the other processes; never waits (lost while unreachable)."""
+
+    async def ping(self) -> bool: ...
+
+    async def stop(self) -> None: ...
 
 
 class Subscriber(Protocol):

@@ -179,6 +179,16 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Resynced:
+    """All rooms as of ``number`` (the last message id or revision given), and the messages
+    created or changed after the number asked for, in the order of their revisions."""
+
+    number: int
+    snapshot: Snapshot
+    messages: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
 class RoomChanged:
     """A room change committed: the room, and the membership log entry that announces it."""
 

@@ -11,6 +11,10 @@ everyone telling everyone of every arrival is a million frames a morning; there,
 Discord's large guilds, a client reads presence from the room's participants and
 ``get_presence`` instead.
 
+With several processes (``cluster``), each tells the others when a user's first
+connection to it opens and when it has none left (after the grace), and counts a user
+online while any process has them; a process that stops beating takes its users with it.
+
 What it costs stays flat: a change is encoded once, whatever the number of people it
 goes to, and changes wait in an outbox that is sent DELIVERY_BUDGET deliveries per turn
 of the event loop, so a crowd coming online at once (a morning, a reconnect storm) never
@@ -21,7 +25,7 @@ turn tells nobody anything.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,6 +35,9 @@ from .errors import StoreError
 from .interfaces import Broker, MessageStore
 from .protocol import now_ms
 from .rooms import RoomDirectory
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = structlog.get_logger("unichatd.presence")
 
@@ -64,12 +71,15 @@ class Presence:
         """(user, last seen) not written yet: written together, so a crowd leaving at once
         costs one write, not one each."""
         self._saving: Timer | None = None
+        self._elsewhere: dict[int, set[str]] = {}
+        """user id → the other processes that have them online."""
+        self.peers: Cluster | None = None
 
     def load(self, last_seen: dict[int, int]) -> None:
         self._last_seen.update(last_seen)
 
     def is_online(self, user_id: int) -> bool:
-        return user_id in self._leaving or self._broker.is_online(user_id)
+        return user_id in self._leaving or self._broker.is_online(user_id) or user_id in self._elsewhere
 
     def last_seen(self, user_id: int) -> int | None:
         """When their last connection closed; None while online or when never seen."""
@@ -89,6 +99,8 @@ class Presence:
             leaving[0].cancel()  # back within the grace: nobody was told they left
             return
         if len(self._broker.connections_of(user_id)) == 1:
+            if self.peers is not None:
+                self.peers.online(user_id)
             self._owe(user_id)
 
     def disconnected(self, user_id: int) -> None:
@@ -103,11 +115,37 @@ class Presence:
         if leaving is None or self._broker.is_online(user_id):
             return
         closed_ms = leaving[1]
+        if self.peers is not None:
+            self.peers.offline(user_id, closed_ms)
         self._last_seen[user_id] = closed_ms
         self._unsaved.append((user_id, closed_ms))
         if self._saving is None:
             self._saving = self._clock.call_later(SAVE_DELAY, self._save)
         self._owe(user_id)
+
+    def online_elsewhere(self, user_id: int, process: str) -> None:
+        self._elsewhere.setdefault(user_id, set()).add(process)
+        self._owe(user_id)
+
+    def offline_elsewhere(self, user_id: int, process: str, last_seen_ms: int) -> None:
+        processes = self._elsewhere.get(user_id)
+        if processes is None or process not in processes:
+            return
+        processes.discard(process)
+        if not processes:
+            del self._elsewhere[user_id]
+        self._last_seen[user_id] = max(last_seen_ms, self._last_seen.get(user_id, 0))
+        self._owe(user_id)
+
+    def forget_process(self, process: str) -> None:
+        """A process that left or stopped beating: its users are offline there, as of now."""
+        now = now_ms()
+        for user_id in [user_id for user_id, processes in self._elsewhere.items() if process in processes]:
+            self.offline_elsewhere(user_id, process, now)
+
+    def local_users(self) -> list[int]:
+        """The users online in this process (its connections, and those within the grace)."""
+        return sorted({conn.user_id for conn in self._broker.sessions()} | self._leaving.keys())
 
     def _save(self) -> None:
         self._saving = None

@@ -21,6 +21,7 @@ from ..models import (
     NewMessage,
     ReadResult,
     Refusal,
+    Resynced,
     RoomChanged,
     Snapshot,
     Stored,
@@ -53,11 +54,20 @@ class MessageIds:
     """
 
     next: int
+    positions: bool = False
+    """True where several processes share the database: writes that change memory without
+    a number of their own (read markers, reloads, retention) take one, so every process
+    applies them in commit order (see ``cluster``)."""
 
     def take(self) -> int:
         number = self.next
         self.next += 1
         return number
+
+    def position(self) -> None:
+        """A number for this write's place in commit order, when places are kept."""
+        if self.positions:
+            self.next += 1
 
 
 class Operation(Protocol[T_co]):
@@ -181,6 +191,7 @@ class MarkRead:
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> ReadResult | None:
         room_id, user_id = self.room_id, self.user_id
+        ids.position()
         row = conn.execute(
             "SELECT last_read_id FROM participants WHERE room_id = ? AND user_id = ?", (room_id, user_id)
         ).fetchone()
@@ -513,6 +524,7 @@ class LoadRooms:
     kind: ClassVar[str] = "load"
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Snapshot:
+        ids.position()
         return load_rooms(conn, self.room_ids)
 
 
@@ -536,6 +548,7 @@ class Prune:
         if deleted:
             conn.execute("UPDATE rooms SET pruned_through = MAX(pruned_through, ?) WHERE id = ?",
                          (max(deleted), self.room_id))
+            ids.position()
         return len(deleted)
 
 
@@ -573,6 +586,24 @@ class IndexMessages:
 
     def run(self, conn: sqlite3.Connection, ids: MessageIds) -> int:
         return index_messages(conn, self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Every room as of the last number given, and the messages created or changed after
+    ``after``: how a process of several that missed some batches catches up (``cluster``).
+    Answered as soon as it commits, whatever the batches before it (see ``writer``)."""
+
+    after: int
+    batched: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+    kind: ClassVar[str] = "resync"
+
+    def run(self, conn: sqlite3.Connection, ids: MessageIds) -> Resynced:
+        messages = [message_from_row(row) for row in conn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id "
+            "WHERE m.id > ?1 OR (m.changed = 1 AND m.revision > ?1) ORDER BY m.revision", (self.after,))]
+        return Resynced(ids.next - 1, load_rooms(conn, None), messages)
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,6 +245,9 @@ class SqliteStore(WritingStore):
         return await self._reader.call(lambda conn: queries.webhook_events(conn, after_seq, events, limit))
 
 
+    async def last_number(self) -> int:
+        return await self._reader.call(queries.last_number)
+
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         """Membership changes the CLI logged after ``after_log_id``, oldest first."""
         return await self._reader.call(lambda conn: queries.membership_changes(conn, after_log_id))

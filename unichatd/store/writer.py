@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -22,7 +22,7 @@ import structlog
 from ..errors import StoreError
 from ..metrics import Histogram
 from . import outbox
-from .operations import MessageIds, Operation
+from .operations import MessageIds, Operation, Resync
 from .schema import immediate
 from .threads import ConnectionThread
 
@@ -31,10 +31,31 @@ log = structlog.get_logger("unichatd.store")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A committed transaction's results, and where it stands in the sequence of numbers
+    (message ids and revisions): every number up to ``before`` was given before it, and it
+    gave those up to ``last`` (none when the two are equal)."""
+
+    results: list[Any]
+    before: int
+    last: int
+
+
 class Transactions(Protocol):
-    async def run(self, operations: Sequence[Operation[Any]]) -> list[Any]:
+    async def run(self, operations: Sequence[Operation[Any]]) -> Batch:
         """Run ``operations`` in one transaction, in order; their results once it committed.
         Raises (and leaves nothing written) when the transaction fails."""
+
+
+class CommitGate(Protocol):
+    """Where several processes write one database, their batches must be applied to each
+    process's memory in commit order (see ``cluster``): the writer hands each batch over
+    instead of answering it at once."""
+
+    def committed(self, batch: Batch, operations: Sequence[Operation[Any]], answer: Callable[[], None]) -> None:
+        """Call ``answer()`` (which resolves the batch's futures) once every batch committed
+        before this one has been applied."""
 
 
 @dataclass(slots=True)
@@ -59,8 +80,10 @@ class SqliteTransactions:
         self._message_events = webhook_events & outbox.MESSAGE_EVENTS
         """The message events some webhook wants: written with the batch that makes them."""
 
-    async def run(self, operations: Sequence[Operation[Any]]) -> list[Any]:
-        return await self._connection.call(partial(self._write, operations=operations))
+    async def run(self, operations: Sequence[Operation[Any]]) -> Batch:
+        before = self._ids.next - 1
+        results = await self._connection.call(partial(self._write, operations=operations))
+        return Batch(results, before, self._ids.next - 1)
 
     def _write(self, conn: sqlite3.Connection, operations: Sequence[Operation[Any]]) -> list[Any]:
         """One transaction for the whole batch; runs on the writer's thread."""
@@ -97,6 +120,8 @@ class GroupCommitWriter:
     def __init__(self, transactions: Transactions, *, database: str, batch_sizes: Histogram,
                  write_latency: Histogram) -> None:
         self._transactions = transactions
+        self.gate: CommitGate | None = None
+        """None: a batch is answered as soon as it commits (one process on its database)."""
         self._database = database
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -130,16 +155,17 @@ class GroupCommitWriter:
                 return
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._take_batch(self._queue)
             if not batch:
                 continue
             started = time.perf_counter()
             try:
-                results = await self._transactions.run([pending.operation for pending in batch])
+                committed: list[tuple[list[_Pending], Batch | _Failed]] = [
+                    (batch, await self._transactions.run([pending.operation for pending in batch]))]
             except Exception:  # noqa: BLE001  (whatever it was, the batch is retried op by op)
                 # The transaction was rolled back. Whatever made it fail must not fail the
                 # others: each operation is tried again in a transaction of its own.
-                results = [await self._write_alone(pending) for pending in batch]
+                committed = [([pending], await self._write_alone(pending)) for pending in batch]
             else:
                 if self._failure is not None:
                     log.warning("store.write_recovered", after=self._failure)
@@ -150,19 +176,29 @@ class GroupCommitWriter:
                 if requested:
                     self._batch_sizes.observe(requested)
                     self._write_latency.observe(time.perf_counter() - started)
-            for pending, result in zip(batch, results, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, _Failed):
-                    pending.future.set_exception(StoreError(f"write failed: {result.error}"))
+            for pendings, outcome in committed:
+                answer = partial(_answer, pendings, outcome)
+                if self.gate is None or isinstance(outcome, _Failed) or isinstance(pendings[0].operation, Resync):
+                    answer()
                 else:
-                    pending.future.set_result(result)
-            if self._closing:
+                    self.gate.committed(outcome, [pending.operation for pending in pendings], answer)
+            if self._closing or self._queue:
                 self._wakeup.set()
 
-    async def _write_alone(self, pending: _Pending) -> Any:
+    def _take_batch(self, queue: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """The next batch, and what stays queued.  A ``Resync`` runs alone: the batches
+        before it have been handed to the gate when it answers, none after it has."""
+        if self.gate is None:
+            return queue, []
+        for index, pending in enumerate(queue):
+            if isinstance(pending.operation, Resync):
+                cut = index or 1
+                return queue[:cut], queue[cut:]
+        return queue, []
+
+    async def _write_alone(self, pending: _Pending) -> Batch | _Failed:
         try:
-            return (await self._transactions.run([pending.operation]))[0]
+            return await self._transactions.run([pending.operation])
         except Exception as exc:  # noqa: BLE001  (answered to the submitter as a StoreError)
             # A full disk or a read-only file fails every write alike: say so once, not per write.
             if str(exc) != self._failure:
@@ -170,3 +206,15 @@ class GroupCommitWriter:
                 log.error("store.write_failed", kind=pending.operation.kind,
                           error=str(exc), database=self._database)
             return _Failed(str(exc))
+
+
+def _answer(pendings: list[_Pending], outcome: Batch | _Failed) -> None:
+    """Resolve each future with its operation's result, in submission order."""
+    if isinstance(outcome, _Failed):
+        for pending in pendings:
+            if not pending.future.done():
+                pending.future.set_exception(StoreError(f"write failed: {outcome.error}"))
+        return
+    for pending, result in zip(pendings, outcome.results, strict=True):
+        if not pending.future.done():
+            pending.future.set_result(result)

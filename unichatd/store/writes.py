@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from ..errors import StoreError
 from ..metrics import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
-from ..models import Change, FileRef, NewMessage, ReadResult, Refusal, RoomChanged, Snapshot, Stored
+from ..models import Change, FileRef, NewMessage, ReadResult, Refusal, Resynced, RoomChanged, Snapshot, Stored
 from .operations import (
     AppendMessage,
     Barrier,
@@ -26,13 +26,14 @@ from .operations import (
     Operation,
     Prune,
     React,
+    Resync,
     RevokeUser,
     SetLastSeen,
     StoreFile,
     UpsertUser,
     WebhookProgress,
 )
-from .writer import GroupCommitWriter
+from .writer import CommitGate, GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -47,6 +48,11 @@ class WritingStore:
         """Operations per group-commit transaction (for metrics)."""
         self.write_latency = Histogram(LATENCY_BOUNDS)
         """Seconds per group-commit transaction, the hop to the database included (for metrics)."""
+
+    def set_commit_gate(self, gate: CommitGate) -> None:
+        """From now on each committed batch is answered through ``gate`` (``cluster``)."""
+        assert self._writer is not None, "the store is not open"
+        self._writer.gate = gate
 
     # -- writes (each resolved after the commit that holds it) -------------------
 
@@ -120,6 +126,10 @@ class WritingStore:
         """Rooms with participants, markers, unread counts and last messages (all if None),
         in the writer's sequence: exact as of the commits resolved before it."""
         return self._submit(LoadRooms(None if room_ids is None else tuple(room_ids)))
+
+    def resync(self, after: int) -> asyncio.Future[Resynced]:
+        """Every room as of now, and the messages created or changed after number ``after``."""
+        return self._submit(Resync(after))
 
     def flush(self) -> asyncio.Future[None]:
         """Resolves once every write submitted before it has committed and been answered."""

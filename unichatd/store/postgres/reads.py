@@ -225,6 +225,10 @@ async def membership_changes(conn: Conn, after_log_id: int) -> list[MembershipCh
     return [MembershipChange(*row) for row in rows]
 
 
+async def last_number(conn: Conn) -> int:
+    return int(await conn.fetchval("SELECT last FROM message_numbers"))
+
+
 async def revocations(conn: Conn) -> dict[int, int]:
     return {row[0]: row[1] for row in await conn.fetch(
         "SELECT id, revoked_before_ms FROM users WHERE revoked_before_ms IS NOT NULL")}

@@ -22,7 +22,7 @@ from ...models import FileRef, MembershipChange, Message, StoredFile, UserInfo
 from ...protocol.search import SearchTerm
 from .. import outbox
 from ..operations import AppendMessage, MessageIds, Operation
-from ..writer import GroupCommitWriter
+from ..writer import Batch, CommitGate, GroupCommitWriter
 from ..writes import WritingStore
 from . import reads
 from .schema import CONNECTION_ERRORS, connect, require_current
@@ -46,6 +46,8 @@ class PostgresTransactions:
         self._url = url
         self._conn: asyncpg.Connection | None = None
         self._message_events = webhook_events & outbox.MESSAGE_EVENTS
+        self.positions = False
+        """See ``MessageIds.positions``: set with the commit gate."""
 
     async def open(self) -> None:
         self._conn = await connect(self._url)
@@ -56,7 +58,7 @@ class PostgresTransactions:
             await self._conn.close()
             self._conn = None
 
-    async def run(self, operations: Sequence[Operation[Any]]) -> list[Any]:
+    async def run(self, operations: Sequence[Operation[Any]]) -> Batch:
         if self._conn is None or self._conn.is_closed():
             self._conn = await connect(self._url)
         try:
@@ -66,12 +68,12 @@ class PostgresTransactions:
             conn.terminate()
             raise
 
-    async def _write(self, conn: asyncpg.Connection, operations: Sequence[Operation[Any]]) -> list[Any]:
+    async def _write(self, conn: asyncpg.Connection, operations: Sequence[Operation[Any]]) -> Batch:
         results: list[Any] = []
         async with conn.transaction():
             # The write lock, for every process on this database (see schema).
             last = int(await conn.fetchval("SELECT last FROM message_numbers FOR UPDATE"))
-            ids = MessageIds(last + 1)
+            ids = MessageIds(last + 1, self.positions)
             start = 0
             while start < len(operations):
                 operation = operations[start]
@@ -89,7 +91,7 @@ class PostgresTransactions:
                     await record_writes(conn, results[done:], self._message_events)
             if ids.next != last + 1:
                 await conn.execute("UPDATE message_numbers SET last = $1", ids.next - 1)
-        return results
+        return Batch(results, last, ids.next - 1)
 
 
 class PostgresStore(WritingStore):
@@ -110,6 +112,10 @@ class PostgresStore(WritingStore):
             raise StoreError(f"cannot connect to database {redact(self.url)}: {exc}") from None
         self._writer = GroupCommitWriter(self._transactions, database=redact(self.url),
                                          batch_sizes=self.batch_sizes, write_latency=self.write_latency)
+
+    def set_commit_gate(self, gate: CommitGate) -> None:
+        self._transactions.positions = True
+        super().set_commit_gate(gate)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -179,6 +185,9 @@ class PostgresStore(WritingStore):
     async def webhook_events(self, after_seq: int, events: Sequence[str],
                              limit: int) -> tuple[list[tuple[int, str, bytes, int]], int]:
         return await self._read(lambda conn: reads.webhook_events(conn, after_seq, events, limit))
+
+    async def last_number(self) -> int:
+        return await self._read(reads.last_number)
 
     async def membership_changes(self, after_log_id: int) -> list[MembershipChange]:
         return await self._read(lambda conn: reads.membership_changes(conn, after_log_id))

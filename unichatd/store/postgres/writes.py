@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...models import Change, FileRef, Message, ReadResult, Refusal, RoomChanged, Snapshot, Stored, ThreadState
+from ...models import (
+    Change,
+    FileRef,
+    Message,
+    ReadResult,
+    Refusal,
+    Resynced,
+    RoomChanged,
+    Snapshot,
+    Stored,
+    ThreadState,
+)
 from ...protocol.frames import format_timestamp, message_object
 from ...protocol.requests import MAX_REACTIONS
 from ..membership import direct_key
@@ -29,6 +40,7 @@ from ..operations import (
     OpenDirect,
     Prune,
     React,
+    Resync,
     RevokeUser,
     SetLastSeen,
     StoreFile,
@@ -258,6 +270,7 @@ async def append_messages(conn: Conn, ids: MessageIds, ops: Sequence[AppendMessa
 
 
 async def _mark_read(conn: Conn, ids: MessageIds, op: MarkRead) -> ReadResult | None:
+    ids.position()
     old_marker = await conn.fetchval("SELECT last_read_id FROM participants WHERE room_id = $1 AND user_id = $2",
                                      op.room_id, op.user_id)
     if old_marker is None:
@@ -414,6 +427,7 @@ async def _store_file(conn: Conn, ids: MessageIds, op: StoreFile) -> FileRef:
 
 
 async def _load_rooms(conn: Conn, ids: MessageIds, op: LoadRooms) -> Snapshot:
+    ids.position()
     return await reads.load_rooms(conn, op.room_ids)
 
 
@@ -424,7 +438,15 @@ async def _prune(conn: Conn, ids: MessageIds, op: Prune) -> int:
     if deleted:
         await conn.execute("UPDATE rooms SET pruned_through = GREATEST(pruned_through, $1) WHERE id = $2",
                            max(deleted), op.room_id)
+        ids.position()
     return len(deleted)
+
+
+async def _resync(conn: Conn, ids: MessageIds, op: Resync) -> Resynced:
+    messages = [message_from_row(tuple(row)) for row in await conn.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id "
+        "WHERE m.id > $1 OR (m.changed AND m.revision > $1) ORDER BY m.revision", op.after)]
+    return Resynced(ids.next - 1, await reads.load_rooms(conn, None), messages)
 
 
 async def _barrier(conn: Conn, ids: MessageIds, op: Barrier) -> None:
@@ -438,6 +460,6 @@ RUNNERS: dict[type, Runner] = {
     MarkRead: _mark_read, EditMessage: _edit, DeleteMessage: _delete, React: _react, UpsertUser: _upsert_user,
     SetLastSeen: _set_last_seen, CreateRoom: _create_room, OpenDirect: _open_direct, ChangeRoom: _change_room,
     HostChangeRoom: _host_change_room, RevokeUser: _revoke_user, WebhookProgress: _webhook_progress,
-    StoreFile: _store_file, LoadRooms: _load_rooms, Prune: _prune, Barrier: _barrier,
+    StoreFile: _store_file, LoadRooms: _load_rooms, Prune: _prune, Barrier: _barrier, Resync: _resync,
 }
 """Every operation but the batched ``AppendMessage`` (see ``append_messages``)."""
