@@ -1,5 +1,6 @@
-"""The real PostgreSQL the scale-out tests run against: a database of their own
-(``unichatd_test``) and, in it, a schema per test, so runs never see each other's rows.
+"""The real PostgreSQL and Redis the scale-out tests run against: a database of their
+own (``unichatd_test``) and, in it, a schema per test, so runs never see each other's
+rows; and a Redis key prefix per test.
 
 Outside CI a machine without PostgreSQL skips these tests, saying so; under ``CI=true``
 a missing service fails them (``.ci/run`` starts it first).
@@ -8,6 +9,7 @@ a missing service fails them (``.ci/run`` starts it first).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator
@@ -70,3 +72,33 @@ def postgres_rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
     with ThreadPoolExecutor(max_workers=1) as thread:
         return thread.submit(asyncio.run, fetch()).result(timeout=30)
+
+
+REDIS = os.environ.get("UNICHATD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+_prefixes = itertools.count(1)
+
+
+@asynccontextmanager
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of its own for one test's processes; their keys are deleted after."""
+    import redis.asyncio as redis
+    from redis.exceptions import RedisError
+
+    client = redis.Redis.from_url(REDIS, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        reason = f"Redis at {REDIS} does not answer: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    prefix = f"unichatd-test-{os.getpid()}-{next(_prefixes)}"
+    try:
+        yield prefix
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            keys = [key async for key in client.scan_iter(f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+        await client.aclose()

@@ -28,6 +28,7 @@ log = structlog.get_logger("unichatd.bus")
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 """Seconds between attempts to reach Redis again (doubling)."""
 READ_TIMEOUT = 1.0
+STOP_TIMEOUT = 2.0
 PIPELINE_MAX = 512
 """Events sent in one round trip at most."""
 
@@ -47,23 +48,29 @@ class RedisBus:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        self._stopping = False
 
     async def start(self, receive: Callable[[bytes], None]) -> None:
         """Subscribe (retrying until Redis answers, in the background) and start publishing."""
         self._receive = receive
-        self._tasks = [asyncio.create_task(self._listen(), name="unichatd-bus-listen"),
-                       asyncio.create_task(self._publish_queued(), name="unichatd-bus-publish")]
+        self._tasks = [asyncio.create_task(self._publish_queued(), name="unichatd-bus-publish"),
+                       asyncio.create_task(self._listen(), name="unichatd-bus-listen")]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), 3)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
+        """Send what is queued (bounded), then leave."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._tasks:
+            publisher, listener = self._tasks
+            # (the publisher ends on its own: redis-py may swallow a cancellation mid-command)
+            await asyncio.wait([publisher], timeout=STOP_TIMEOUT)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.client.aclose(), STOP_TIMEOUT)
 
     def publish(self, event: bytes) -> None:
         """Queue ``event`` for every other process (sent in order; dropped while Redis is away)."""
@@ -77,7 +84,7 @@ class RedisBus:
             return False
 
     async def _publish_queued(self) -> None:
-        while True:
+        while not self._stopping or self._queue:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
@@ -112,7 +119,8 @@ class RedisBus:
                     log.warning("bus.disconnected", error=str(exc))
                 self.connected = False
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # (bounded: a connection cut mid-read may not close cleanly)
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT)  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
