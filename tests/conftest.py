@@ -59,7 +59,7 @@ FILE_TIERS = {
     "test_bench.py": "bench",
     "test_api.py": "socket", "test_webhooks.py": "socket", "test_legacy.py": "socket", "test_signin.py": "socket",
     "test_api_schema.py": "process", "test_web_signin.py": "browser",
-    "test_postgres.py": "socket", "test_cluster.py": "socket",
+    "test_postgres.py": "socket", "test_cluster.py": "socket", "test_scaleout.py": "process",
 }
 FIXTURE_TIERS = {"daemon_factory": "process", "embedded": "process", "browser": "browser"}
 
