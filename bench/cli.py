@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="storm: longest reconnect backoff (past presence's 5 s grace, some are "
                              "announced offline and online again)")
     parser.add_argument("--url", help="target a running server instead (needs --key and its rooms)")
+    parser.add_argument("--database", metavar="POSTGRES_URL",
+                        help="the server under test on PostgreSQL (a schema of its own in this database)")
     parser.add_argument("--key", help="the running server's signing key")
     parser.add_argument("--config", help=argparse.SUPPRESS)  # (accepted as by every command; not used)
 

@@ -159,7 +159,8 @@ async def _open_loop(senders: list[Any], job: FanoutJob, stop_at: float, send: A
 
 def scenario_fanout(args: argparse.Namespace, *, relay: bool = False, rate: float = 0.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="unichatd-bench-") as tmp:
-        server = BenchServer(Path(tmp), relay=relay, cpu=args.server_cpu, url=args.url)
+        server = BenchServer(Path(tmp), relay=relay, cpu=args.server_cpu, url=args.url,
+                             database=None if relay else args.database)
         if not relay and not args.url:
             admin = server.admin()
             create_fanout_rooms(admin, args.rooms, args.members)

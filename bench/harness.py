@@ -16,11 +16,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from unichatd.store import AdminStore
+
+if TYPE_CHECKING:
+    from unichatd.store.postgres import PostgresAdmin
 
 BENCH_KEY = "bench-signing-key-" + "0" * 32
 IDLE_USER_BASE = 1_000_000
@@ -110,8 +113,10 @@ class BenchServer:
     """unichatd (or the bare relay) in a subprocess on a fresh database."""
 
     def __init__(self, workdir: Path, *, relay: bool, cpu: int | None, url: str | None = None,
-                 ping_interval: float | None = None, extra_config: str = "") -> None:
+                 ping_interval: float | None = None, extra_config: str = "", database: str | None = None) -> None:
         self.workdir = workdir
+        self.postgres = PostgresSchema(database) if database else None
+        """With a ``postgresql://`` database: a schema of its own in it for this run."""
         self.extra_config = extra_config
         """TOML appended to unichatd's config (whole tables: ``[api]``, ``[[webhooks]]``)."""
         self.relay = relay
@@ -131,7 +136,15 @@ class BenchServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def admin(self) -> AdminStore:
+    @property
+    def database(self) -> str:
+        return self.postgres.url if self.postgres is not None else str(self.db_path)
+
+    def admin(self) -> AdminStore | PostgresAdmin:
+        if self.postgres is not None:
+            from unichatd.store.postgres import PostgresAdmin
+
+            return PostgresAdmin(self.postgres.url)
         return AdminStore(self.db_path)
 
     def start(self) -> None:
@@ -148,7 +161,7 @@ class BenchServer:
             config.write_text(
                 f'[server]\nport = {self.port}\nmax_connections = 100000\nmax_connections_per_user = 100\n'
                 f'{heartbeat}'
-                f'[auth]\nsigning_key = "{BENCH_KEY}"\n[storage]\ndatabase = "{self.db_path}"\n'
+                f'[auth]\nsigning_key = "{BENCH_KEY}"\n[storage]\ndatabase = "{self.database}"\n'
                 "[limits]\nmessages_per_second = 1000000\nmessage_burst = 1000000\n"
                 "frames_per_second = 1000000\nframe_burst = 1000000\n[log]\nlevel = \"warning\"\n"
                 + self.extra_config
@@ -181,6 +194,43 @@ class BenchServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.postgres is not None:
+            self.postgres.drop()
+
+
+class PostgresSchema:
+    """A fresh, migrated schema in a PostgreSQL database, for one run (dropped after)."""
+
+    def __init__(self, database: str) -> None:
+        self.base = database
+        self.name = f"bench_{os.getpid()}_{int(time.time())}"
+        separator = "&" if "?" in database else "?"
+        self.url = f"{database}{separator}search_path={self.name}"
+        asyncio.run(self._create())
+
+    async def _create(self) -> None:
+        import asyncpg
+
+        from unichatd.store.postgres import migrate_database
+
+        conn = await asyncpg.connect(self.base)
+        try:
+            await conn.execute(f"CREATE SCHEMA {self.name}")
+        finally:
+            await conn.close()
+        await migrate_database(self.url)
+
+    def drop(self) -> None:
+        async def drop() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.base)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
 
 
 def _free_port() -> int:
@@ -189,7 +239,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def create_fanout_rooms(admin: AdminStore, rooms: int, members: int) -> None:
+def create_fanout_rooms(admin: AdminStore | PostgresAdmin, rooms: int, members: int) -> None:
     for room in range(1, rooms + 1):
         first = (room - 1) * members + 1
         admin.create_room(f"bench-{room}", "group", list(range(first, first + members)))
