@@ -16,9 +16,9 @@ from ..config import EMBEDDED, Config, files_beside, load_tls, render_config, wi
 from ..errors import CommandFailed, ConfigError
 from ..files import copy_files
 from ..keys import load_api_key, load_keyring, write_private_file
+from ..store import AdminStore
 
 if TYPE_CHECKING:
-    from ..store import AdminStore
     from ..store.postgres import PostgresAdmin
 
 EXIT_OK = 0
