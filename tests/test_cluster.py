@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ import pytest_asyncio
 
 from tests.conftest import FAST_SENDS, Client, RunningServer, make_config, wait_until
 from tests.services import postgres_schema, redis_prefix
+from tests.test_webhooks import ALL_EVENTS, SECRET, Receiver
+from unichatd.config import WebhookConfig
 from unichatd.models import NewMessage
 from unichatd.store.postgres import PostgresStore, migrate_database
 
@@ -58,7 +61,8 @@ def _unread_is(server: RunningServer, room_id: int, user_id: int, unread: int) -
     return server.server.chat.directory.unread(room_id, user_id) == unread
 
 
-async def _cluster(tmp_path: Path, count: int = 3, **sections: dict[str, Any]) -> AsyncIterator[Cluster]:
+async def _cluster(tmp_path: Path, count: int = 3, webhooks: tuple[WebhookConfig, ...] = (),
+                   **sections: dict[str, Any]) -> AsyncIterator[Cluster]:
     async with postgres_schema() as url, redis_prefix() as prefix:
         await migrate_database(url)
         servers = []
@@ -68,6 +72,7 @@ async def _cluster(tmp_path: Path, count: int = 3, **sections: dict[str, Any]) -
                 home.mkdir()
                 config = make_config(home, **{"limits": FAST_SENDS, **sections}, storage={"database": url},
                                      cluster={"broker": "redis://127.0.0.1:6379/0", "prefix": prefix})
+                config = dataclasses.replace(config, webhooks=webhooks)
                 servers.append(await RunningServer(config, name_format="{}").start())
             yield Cluster(servers, url)
         finally:
@@ -318,3 +323,26 @@ async def test_healthz_is_503_while_the_broker_cannot_be_reached_and_sends_still
             assert [m["id"] for m in page["messages"]] == [sent["id"]]
         finally:
             await server.close()
+
+
+def _received(receiver: Receiver, kind: str, count: int) -> bool:
+    return len(receiver.events(kind)) >= count
+
+
+async def test_each_webhook_event_is_delivered_once_whatever_the_number_of_servers(tmp_path: Path) -> None:
+    """Every server runs the webhook deliverer, but only the one holding the database's
+    lock delivers: the receiver gets each event once."""
+    receiver = await Receiver().start()
+    try:
+        hooks = (WebhookConfig(receiver.url, tuple(ALL_EVENTS), SECRET),)
+        async for cluster in _cluster(tmp_path, 3, webhooks=hooks):
+            room = await cluster.room("team", [1, 2])
+            senders = [await cluster[index].connect(1) for index in range(3)]
+            sent = [await _send(sender, room, f"from server {index}") for index, sender in enumerate(senders)]
+            await wait_until(partial(_received, receiver, "message_created", len(sent)), 10)
+            await asyncio.sleep(1.5)  # (a second deliverer would have sent its copies by now)
+            created = [event["data"]["id"] for event in receiver.events("message_created")]
+            assert created == [message["id"] for message in sent]
+            assert len(receiver.events("room_created")) == 1
+    finally:
+        await receiver.stop()

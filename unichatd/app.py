@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import signal
+from functools import partial
 from typing import Any
 
 import structlog
@@ -63,6 +64,8 @@ def join_cluster(server: UnichatServer, store: MessageStore, config: Config) -> 
     bus = RedisBus(config.cluster.broker, config.cluster.prefix)
     chat = server.chat
     chat.cluster = chat.presence.peers = Cluster(chat, store, bus)
+    if isinstance(store, PostgresStore):  # (always: a broker needs PostgreSQL, config.py checks)
+        server.webhooks.elect = partial(store.holds_lock, "webhooks")
     limits = config.limits
     chat.shared_limits = SharedLimits(bus.client, config.cluster.prefix, limits.messages_per_second,
                                       limits.message_burst)

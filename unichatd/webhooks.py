@@ -18,12 +18,14 @@ import contextlib
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
 
 from .config import WebhookConfig
+from .errors import StoreError
 from .interfaces import MessageStore
 from .stats import WebhookStats
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("unichatd.webhooks")
 
 POLL_INTERVAL = 0.25
+LEAD_CHECK = 1.0
+"""Seconds between checks that this process still holds the deliverer's lock."""
 """Seconds between looks for new events while a receiver has taken everything."""
 SAVE_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0
@@ -78,6 +82,12 @@ class Webhooks:
         """Only a started deliverer saves progress (a failed start must not prune the outbox)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self.elect: Callable[[], Awaitable[bool]] | None = None
+        """With several processes: True while this one is the deliverer (one at a time, so
+        each event goes out once); None: this process is the only one."""
+        self._leading = False
+        self._checked = 0.0
+        self._electing = asyncio.Lock()
 
     async def start(self) -> None:
         saved, newest = await self._store.webhook_cursors()
@@ -117,8 +127,32 @@ class Webhooks:
 
     # -- delivery --------------------------------------------------------------------
 
+    async def _leads(self) -> bool:
+        """Whether this process delivers (asked of ``elect`` at most every LEAD_CHECK); on
+        becoming the deliverer it starts from the cursors the previous one saved."""
+        if self.elect is None:
+            return True
+        async with self._electing:
+            if time.monotonic() - self._checked < LEAD_CHECK:
+                return self._leading
+            leading = await self.elect()
+            self._checked = time.monotonic()
+            if leading and not self._leading:
+                try:
+                    saved, _ = await self._store.webhook_cursors()
+                except StoreError:
+                    return False  # (the database is away: the next check tries again)
+                for url in self._cursors:
+                    self._cursors[url] = max(self._cursors[url], saved.get(url, 0))
+                log.info("webhook.deliverer")
+            self._leading = leading
+            return leading
+
     async def _deliver_all(self, hook: WebhookConfig) -> None:
         while True:
+            if not await self._leads():
+                await asyncio.sleep(POLL_INTERVAL)
+                continue
             try:
                 events, reached = await self._store.webhook_events(self._cursors[hook.url], hook.events, BATCH)
             except Exception:  # noqa: BLE001  (a database hiccup: look again later)

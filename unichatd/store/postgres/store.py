@@ -102,6 +102,8 @@ class PostgresStore(WritingStore):
         self.url = url
         self._transactions = PostgresTransactions(url, webhook_events)
         self._readers: asyncpg.Pool | None = None
+        self._lock_holder: asyncpg.Connection | None = None
+        self._holding = False
 
     async def open(self) -> None:
         await self._transactions.open()
@@ -117,7 +119,28 @@ class PostgresStore(WritingStore):
         self._transactions.positions = True
         super().set_commit_gate(gate)
 
+    async def holds_lock(self, name: str) -> bool:
+        """Whether this process holds the database-wide lock ``name`` (taken if free): one
+        session-level advisory lock on a connection of its own, lost with it."""
+        try:
+            if self._lock_holder is None or self._lock_holder.is_closed():
+                self._holding = False
+                self._lock_holder = await asyncpg.connect(self.url, timeout=5)
+            if not self._holding:
+                self._holding = bool(await self._lock_holder.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':' || $1))", name))
+            else:
+                await self._lock_holder.fetchval("SELECT 1")  # (still connected: still held)
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError):
+            if self._lock_holder is not None:
+                self._lock_holder.terminate()
+            self._lock_holder, self._holding = None, False
+        return self._holding
+
     async def close(self) -> None:
+        if self._lock_holder is not None:
+            await self._lock_holder.close()
+            self._lock_holder, self._holding = None, False
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
