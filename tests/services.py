@@ -57,6 +57,8 @@ async def postgres_schema() -> AsyncIterator[str]:
         await conn.execute(f"CREATE SCHEMA {schema}")
         yield f"{SERVER}/{DATABASE}?search_path={schema}"
     finally:
+        if conn.is_closed():  # (a test that restarted PostgreSQL)
+            conn = await _admin_connection(DATABASE)
         await asyncio.wait_for(conn.execute(f"DROP SCHEMA {schema} CASCADE"), 30)
         await conn.close()
 
@@ -102,3 +104,40 @@ async def redis_prefix() -> AsyncIterator[str]:
             if keys:
                 await client.delete(*keys)
         await client.aclose()
+
+
+def restart_redis(down_for: float) -> None:
+    """Stop the machine's Redis (it keeps nothing on disk), wait, start it again with the
+    machine's own command, and wait until it answers."""
+    import subprocess
+    import time
+
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True,
+                   timeout=10, check=False)
+    time.sleep(down_for)
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+                    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+                    "--logfile", "/var/log/redis/ci.log"], capture_output=True, timeout=10, check=True)
+    _wait_for(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"])
+
+
+def restart_postgres() -> None:
+    """Restart the machine's PostgreSQL cluster and wait until it accepts connections."""
+    import subprocess
+
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                   capture_output=True, timeout=60, check=True)
+    _wait_for(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"])
+
+
+def _wait_for(command: list[str], within: float = 30) -> None:
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{command[0]} did not answer within {within} s")

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, wait_until
-from tests.services import postgres_schema, redis_prefix
+from tests.services import postgres_schema, redis_prefix, restart_postgres, restart_redis
 from unichatd.auth import mint_token
 from unichatd.store.postgres import PostgresAdmin, migrate_database
 
@@ -138,3 +138,113 @@ async def test_a_burst_over_three_processes_survives_a_kill_9(tmp_path: Path) ->
         assert len(reader.heard) == len(set(reader.heard)), f"reader {reader.user_id} heard a message twice"
         assert reader.heard == sorted(reader.heard), f"reader {reader.user_id} heard out of order"
         assert set(everything) <= set(reader.heard)
+
+
+async def _health(url: str) -> tuple[int, dict[str, Any]]:
+    def get() -> tuple[int, dict[str, Any]]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:  # noqa: S310  (127.0.0.1)
+                return answer.status, orjson.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read())
+
+    return await asyncio.to_thread(get)
+
+
+@pytest.mark.process
+async def test_a_redis_restart_loses_nothing_and_delivery_goes_on(tmp_path: Path) -> None:
+    """Redis stops mid-run: sends still commit and are acked, the other process's
+    subscribers still get them (from the database), /healthz says the broker is away;
+    Redis comes back: events flow again, every message heard once, in order."""
+    from tests.test_cluster import _cluster
+
+    async for cluster in _cluster(tmp_path, 2):
+        await _through_a_redis_restart(cluster)
+
+
+async def _through_a_redis_restart(cluster: Any) -> None:
+    room = await cluster.room("team", [1, 2])
+    sender, listener = await cluster[0].connect(1), await cluster[1].connect(2)
+    await listener.request({"type": "subscribe_room", "room_id": room}, "subscribed")
+    heard: list[int] = []
+
+    async def listen() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                frame = await listener.recv(timeout=60)
+                if frame["type"] == "new_message":
+                    heard.append(frame["message"]["id"])
+
+    listening = asyncio.create_task(listen())
+    acked: list[int] = []
+
+    async def send(count: int) -> None:
+        for n in range(count):
+            ack = await sender.request({"type": "send_message", "room_id": room, "content": f"{n}"},
+                                       "message_ack")
+            assert ack["type"] == "message_ack", ack
+            acked.append(ack["message"]["id"])
+
+    await send(5)
+    restart = asyncio.create_task(asyncio.to_thread(restart_redis, 4.0))
+    await asyncio.sleep(1.0)
+    status, health = await _health(cluster[1].http_url)
+    assert (status, health["broker"]) == (503, "unreachable")
+    await send(5)  # (Redis is down)
+    await wait_until(lambda: len(heard) >= len(acked), 8)
+    await restart
+    await wait_until(lambda: all(server.server.chat.health(0)["broker"] == "ok" for server in cluster.servers), 10)
+    await send(5)
+    await wait_until(lambda: len(heard) >= len(acked), 8)
+    await asyncio.sleep(0.5)
+    listening.cancel()
+    assert heard == acked
+    assert (await _health(cluster[1].http_url))[0] == 200
+
+
+@pytest.mark.process
+async def test_a_postgresql_restart_loses_no_acked_message_and_stores_no_duplicate(tmp_path: Path) -> None:
+    """PostgreSQL restarts under a sender that retries what was not acked with the same
+    client_msg_id, as clients do: acks resume when it is back, and the room holds each
+    acked message once."""
+    from tests.conftest import RunningServer, make_config
+
+    async with postgres_schema() as url:
+        await migrate_database(url)
+        server = await RunningServer(make_config(tmp_path, storage={"database": url},
+                                                 limits={"messages_per_second": 1000,
+                                                         "message_burst": 1000})).start()
+        try:
+            room = (await server.rooms(("team", [1])))[0]
+            client = await server.connect(1)
+            acked: dict[str, int] = {}
+
+            async def send_until_acked(key: str) -> None:
+                async with asyncio.timeout(60):
+                    while True:
+                        with contextlib.suppress(TimeoutError):
+                            reply = await client.request({"type": "send_message", "room_id": room,
+                                                          "content": key, "client_msg_id": key}, "message_ack",
+                                                         timeout=10)
+                            if reply["type"] == "message_ack":
+                                acked[key] = reply["message"]["id"]
+                                return
+                        await asyncio.sleep(0.2)
+
+            restart = asyncio.create_task(asyncio.to_thread(restart_postgres))
+            for n in range(30):
+                await send_until_acked(f"m{n}")
+                await asyncio.sleep(0.05)
+            await restart
+            for n in range(30, 35):
+                await send_until_acked(f"m{n}")
+            rows = server.stored(room)
+        finally:
+            await server.close()
+    assert len(acked) == 35
+    contents = [content for _, _, content in rows]
+    assert sorted(contents) == sorted(acked)  # each acked message once, nothing else
+    assert [row_id for row_id, _, _ in rows] == sorted(acked.values())

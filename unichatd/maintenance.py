@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from .config import StorageConfig
+from .errors import StoreError
 from .interfaces import MessageStore
 from .models import MembershipChange
 from .protocol import now_ms
@@ -55,6 +56,8 @@ class MembershipFeed:
             await asyncio.sleep(MEMBERSHIP_POLL_INTERVAL)
             try:
                 await self.catch_up()
+            except StoreError as exc:  # (the database is away: the next poll tries again)
+                log.warning("membership.poll_failed", error=str(exc))
             except Exception:
                 log.exception("membership.poll_failed")
 
