@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..models import Refusal, RoomChanged
 from . import outbox
@@ -146,10 +147,18 @@ def direct_room(conn: sqlite3.Connection, user_id: int, other_id: int) -> RoomCh
 def owner_refusal(conn: sqlite3.Connection, room_id: int, user_id: int, *, members: bool) -> Refusal | None:
     """Why ``user_id`` may not change the room (rename it, or its ``members``), or None."""
     row = conn.execute(
-        "SELECT r.owner_id, r.room_type, p.user_id FROM rooms r "
+        f"SELECT {OWNER_QUERY_COLUMNS} FROM rooms r "
         "LEFT JOIN participants p ON p.room_id = r.id AND p.user_id = ? WHERE r.id = ?",
         (user_id, room_id),
     ).fetchone()
+    return refusal_of(row, user_id, members=members)
+
+
+OWNER_QUERY_COLUMNS = "r.owner_id, r.room_type, p.user_id"
+
+
+def refusal_of(row: Sequence[Any] | None, user_id: int, *, members: bool) -> Refusal | None:
+    """The refusal a row of (owner, room type, the user as participant) means, for either store."""
     if row is None or row[2] is None:
         return Refusal.NOT_FOUND
     if members and row[1] == "direct":

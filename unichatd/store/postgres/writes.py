@@ -25,7 +25,7 @@ from ...models import (
 )
 from ...protocol.frames import format_timestamp, message_object
 from ...protocol.requests import MAX_REACTIONS
-from ..membership import direct_key
+from ..membership import OWNER_QUERY_COLUMNS, direct_key, refusal_of
 from ..operations import (
     AppendMessage,
     Barrier,
@@ -192,15 +192,9 @@ async def direct_room(conn: Conn, user_id: int, other_id: int) -> RoomChanged:
 
 async def owner_refusal(conn: Conn, room_id: int, user_id: int, *, members: bool) -> Refusal | None:
     row = await conn.fetchrow(
-        "SELECT r.owner_id, r.room_type, p.user_id FROM rooms r "
+        f"SELECT {OWNER_QUERY_COLUMNS} FROM rooms r "
         "LEFT JOIN participants p ON p.room_id = r.id AND p.user_id = $1 WHERE r.id = $2", user_id, room_id)
-    if row is None or row[2] is None:
-        return Refusal.NOT_FOUND
-    if members and row[1] == "direct":
-        return Refusal.DIRECT_ROOM
-    if row[0] != user_id:
-        return Refusal.NOT_OWNER
-    return None
+    return refusal_of(None if row is None else tuple(row), user_id, members=members)
 
 
 # -- messages --------------------------------------------------------------------------
