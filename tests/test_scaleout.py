@@ -14,10 +14,10 @@ import orjson
 import pytest
 import websockets
 
-from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, wait_until
+from tests.conftest import SIGNING_KEY, DaemonProcess, free_port, run_cli, wait_until
 from tests.services import postgres_schema, redis_prefix, restart_postgres, restart_redis
 from unichatd.auth import mint_token
-from unichatd.store.postgres import PostgresAdmin, migrate_database
+from unichatd.store.postgres import PostgresAdmin, PostgresStore, migrate_database
 
 pytestmark = pytest.mark.asyncio
 WAVES, WAVE = 3, 10
@@ -248,3 +248,66 @@ async def test_a_postgresql_restart_loses_no_acked_message_and_stores_no_duplica
     contents = [content for _, _, content in rows]
     assert sorted(contents) == sorted(acked)  # each acked message once, nothing else
     assert [row_id for row_id, _, _ in rows] == sorted(acked.values())
+
+
+def _cli_config(home: Path, database: str) -> Path:
+    path = home / "unichatd.toml"
+    path.write_text(f'[auth]\nsigning_key = "{SIGNING_KEY}"\n[storage]\ndatabase = "{database}"\n'
+                    '[log]\nlevel = "warning"\n')
+    return path
+
+
+@pytest.mark.process
+async def test_migrate_and_copy_move_a_sqlite_installation_to_postgresql(tmp_path: Path) -> None:
+    """`unichatd migrate` prepares the PostgreSQL schema (a server or room command before it
+    is refused, naming the fix); `unichatd copy` moves rooms, members, messages with their
+    reactions and read markers; a second copy into the now non-empty database is refused."""
+    from unichatd.models import NewMessage
+    from unichatd.store import AdminStore, SqliteStore
+
+    sqlite_home, postgres_home = tmp_path / "sqlite", tmp_path / "postgres"
+    sqlite_home.mkdir()
+    postgres_home.mkdir()
+    database = sqlite_home / "unichatd.db"
+    admin = AdminStore(database)
+    room = admin.create_room("team", "group", [1, 2])
+    admin.close()
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        sent = [await store.append_message(NewMessage(room, 1, "user1", "", f"m{n}", None, f"k{n}"))
+                for n in range(3)]
+        await store.react(room, sent[0].message.id, 2, "🎉", True)
+        await store.mark_read(room, 2, [sent[1].message.id])
+    finally:
+        await store.close()
+    async with postgres_schema() as url:
+        config = _cli_config(postgres_home, url)
+        refused = await asyncio.to_thread(run_cli, "room", "list", "--config", str(config), cwd=postgres_home)
+        assert refused.returncode == 1
+        assert "unichatd migrate" in refused.stderr
+        migrated = await asyncio.to_thread(run_cli, "migrate", "--config", str(config), cwd=postgres_home)
+        assert migrated.returncode == 0, migrated.stderr
+        copied = await asyncio.to_thread(run_cli, "copy", "--from", str(database), "--to", url, cwd=postgres_home)
+        assert copied.returncode == 0, copied.stderr
+        assert "copied 3 messages, 1 rooms" in copied.stderr
+        again = await asyncio.to_thread(run_cli, "copy", "--from", str(database), "--to", url, cwd=postgres_home)
+        assert again.returncode == 1
+        assert "empty" in again.stderr
+        listed = await asyncio.to_thread(run_cli, "room", "list", "--config", str(config), cwd=postgres_home)
+        assert "team" in listed.stdout
+        moved = PostgresStore(url)
+        await moved.open()
+        try:
+            page, _ = await moved.history(room, before_id=None, after_id=None, limit=10)
+            snapshot = await moved.load_rooms([room])
+            resent = await moved.append_message(NewMessage(room, 1, "user1", "", "m0", None, "k0"))
+            fresh = await moved.append_message(NewMessage(room, 1, "user1", "", "new", None, None))
+        finally:
+            await moved.close()
+    assert [(m.id, m.content) for m in page] == [(s.message.id, s.message.content) for s in sent]
+    assert [(r.emoji, r.user_ids) for r in page[0].reactions] == [("🎉", (2,))]
+    assert snapshot.rooms[room].markers[2] == sent[1].message.id
+    assert snapshot.rooms[room].unread[2] == 1
+    assert (resent.created, resent.message.id) == (False, sent[0].message.id)  # (the idempotency keys came along)
+    assert fresh.message.id > max(s.message.id for s in sent)
