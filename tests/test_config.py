@@ -570,3 +570,40 @@ def test_webhooks_and_the_events_they_want() -> None:
     assert config.webhook_events == {"room_created", "message_created", "member_added"}
     assert parse({}).webhooks == ()
     assert parse({}).api.port == 8001
+
+
+def test_a_postgresql_url_is_a_database_and_nothing_else_with_a_scheme_is() -> None:
+    """storage.database: a path is SQLite, a postgresql:// URL PostgreSQL (its lock file and
+    files beside the config), any other URL a config error naming the key."""
+    url = "postgresql://chat:secret@db.internal/chat"
+    config = parse({"storage": {"database": url}})
+    assert config.database_url == url
+    assert config.database_name == "postgresql://chat:***@db.internal/chat"
+    assert config.instance_path == Path("/srv/chat/unichatd-postgres")
+    assert config.files_path == Path("/srv/chat/unichatd-files")
+    assert parse({}).database_url is None
+    with pytest.raises(ConfigError, match="storage.database"):
+        parse({"storage": {"database": "mysql://db/chat"}})
+
+
+def test_a_broker_needs_a_redis_url_and_a_postgresql_database() -> None:
+    postgres = {"database": "postgresql://db/chat"}
+    config = parse({"storage": postgres, "cluster": {"broker": "redis://127.0.0.1:6379/0", "prefix": "team"}})
+    assert (config.cluster.broker, config.cluster.prefix) == ("redis://127.0.0.1:6379/0", "team")
+    with pytest.raises(ConfigError, match="cluster.broker.*postgresql"):
+        parse({"cluster": {"broker": "redis://127.0.0.1:6379/0"}})
+    with pytest.raises(ConfigError, match="cluster.broker.*redis"):
+        parse({"storage": postgres, "cluster": {"broker": "nats://127.0.0.1:4222"}})
+    with pytest.raises(ConfigError, match="cluster.prefix"):
+        parse({"storage": postgres, "cluster": {"broker": "redis://127.0.0.1", "prefix": ""}})
+
+
+def test_every_package_of_the_source_tree_is_installed() -> None:
+    """`pip install .` (not editable) takes the packages pyproject.toml lists: a package
+    missing there is missing from every installation."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "unichatd").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
