@@ -51,7 +51,6 @@ from .models import (
     ThreadState,
 )
 from .store.operations import (
-    AppendMessage,
     DeleteMessage,
     EditMessage,
     MarkRead,
@@ -128,8 +127,6 @@ def effects_of(operations: Sequence[Operation[Any]], results: Sequence[Any]) -> 
             effects.append(["revoke", operation.user_id, operation.before_ms])
         elif isinstance(operation, Prune) and result:
             effects.append(["pruned", operation.room_id])
-        elif isinstance(operation, AppendMessage):
-            pass  # (a repeated client_msg_id: nothing new)
     return effects
 
 
@@ -143,7 +140,6 @@ class Cluster:
         self.bus = bus
         self.applied = 0
         """Every number up to this one is applied to memory."""
-        self.database_reachable = True
         self._started = False
         self._early: list[list[Any]] = []
         """Events heard before the start snapshot was read."""
@@ -157,12 +153,13 @@ class Cluster:
         self._notify_ids = itertools.count(1)
         self._notify_replies: dict[int, tuple[asyncio.Future[None], list[int], set[str]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop = asyncio.get_running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> Resynced:
         """Hear the bus, then read the snapshot to start from; returns it for the chat service."""
+        self._loop = asyncio.get_running_loop()
         self.store.set_commit_gate(self)
         await self.bus.start(self._receive)
         resynced = await self.store.resync(SNAPSHOT_ONLY)
@@ -183,8 +180,7 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._publish("bye")
-        await asyncio.sleep(0)  # (let the publisher take it)
-        await self.bus.stop()
+        await self.bus.stop()  # (which sends what is queued first)
 
     @property
     def peers(self) -> list[str]:
@@ -222,6 +218,11 @@ class Cluster:
             self.applied = last
             apply()
 
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """In the loop's queue, behind the callbacks of the futures answered before it."""
+        assert self._loop is not None, "the cluster is not started"
+        self._loop.call_soon(callback, *args)
+
     # -- events ------------------------------------------------------------------
 
     def _publish(self, kind: str, *fields: Any) -> None:
@@ -242,12 +243,10 @@ class Cluster:
 
     def _handle(self, event: list[Any]) -> None:
         kind, origin = event[0], event[1]
-        if origin not in self._peers and kind != "bye":
-            self._peers[origin] = time.monotonic()
-            if kind != "hello":
-                self._publish("hello")  # (a process we had not heard of: learn who it has online)
-        else:
-            self._peers[origin] = time.monotonic()
+        known = origin in self._peers
+        self._peers[origin] = time.monotonic()
+        if not known and kind not in ("hello", "bye"):
+            self._publish("hello")  # (a process we had not heard of: learn who it has online)
         handler = getattr(self, f"_on_{kind}", None)
         if handler is None:
             log.warning("cluster.unknown_event", kind=kind)
@@ -259,7 +258,7 @@ class Cluster:
 
     def _on_batch(self, origin: str, before: int, last: int, effects: list[list[Any]]) -> None:
         def apply() -> None:
-            self._loop.call_soon(self._apply_effects, effects)
+            self._call_soon(self._apply_effects, effects)
 
         if last == before:
             apply()
@@ -350,7 +349,7 @@ class Cluster:
         if not expected:
             return count
         request = next(self._notify_ids)
-        done: asyncio.Future[None] = self._loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         counts: list[int] = []
         self._notify_replies[request] = (done, counts, expected)
         self._publish("notify", request, user_id, frame.decode())
@@ -378,12 +377,8 @@ class Cluster:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 newest = await self.store.last_number()
-            except StoreError as exc:
-                if self.database_reachable:
-                    log.warning("cluster.database_unreachable", error=str(exc))
-                self.database_reachable = False
-                continue
-            self.database_reachable = True
+            except StoreError:
+                continue  # (Chat.watch_database reports it; the next poll tries again)
             if self.applied < self._seen_last:
                 # Committed at least a poll ago and still not heard of: fill from the database.
                 await self.resync()
@@ -430,16 +425,16 @@ class Cluster:
         self.applied = number
         for _, apply in steps:
             apply()
-        self._loop.call_soon(self.chat.apply_snapshot, resynced.snapshot)
+        self._call_soon(self.chat.apply_snapshot, resynced.snapshot)
         self._advance()
 
     def _gap_step(self, message: Message, created: bool) -> Callable[[], None]:
-        chat, loop = self.chat, self._loop
+        chat = self.chat
 
         def step() -> None:
             if created:
-                loop.call_soon(chat.message_stored, Stored(message, True), protocol.encoded_message(message))
+                self._call_soon(chat.message_stored, Stored(message, True), protocol.encoded_message(message))
             else:
-                loop.call_soon(chat.changed_in_gap, message)
+                self._call_soon(chat.changed_in_gap, message)
 
         return step
